@@ -174,7 +174,7 @@ impl Certificate {
                     extensions.basic_constraints = Some((bc.ca, bc.path_len_constraint));
                 }
                 ParsedExtension::KeyUsage(ku) => {
-                    extensions.key_cert_sign = Some(ku.key_cert_sign())
+                    extensions.key_cert_sign = Some(ku.key_cert_sign());
                 }
                 ParsedExtension::ExtendedKeyUsage(eku) => {
                     extensions.client_auth = Some(eku.client_auth || eku.any);
