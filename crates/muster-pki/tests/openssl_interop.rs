@@ -5,6 +5,14 @@
 //!
 //! Needs the `openssl` command (installed by `.ci/run`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "a test fails loudly on anything unexpected"
+)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -1,5 +1,13 @@
 //! Behaviour of muster-pki against fixture certificates made independently by rcgen.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "a test fails loudly on anything unexpected"
+)]
+
 use muster_pki::{
     Algorithm, ChainOptions, Error, Format, Issuer, KeyAlgorithm, PathElement, Profile, Request,
     Usage, decode, pkcs12, read_bundle, read_certificate, read_certificates, read_private_key,
@@ -509,7 +517,7 @@ fn no_panic_on_mutated_inputs() {
     let inputs = [
         pki.leaf.der.clone(),
         pki.leaf.pem.clone().into_bytes(),
-        pki.root.cert.der.clone(),
+        pki.root.cert.der,
     ];
     for input in inputs {
         for i in 0..input.len() {

@@ -552,8 +552,11 @@ fn day(t: OffsetDateTime) -> String {
     .unwrap_or_else(|_| t.to_string())
 }
 
+/// Whole days until expiry, rounded to the nearest day (a certificate made "for 30 days" a
+/// second ago shows 30, not 29).
 fn days_left(cert: &Certificate, now: OffsetDateTime) -> i64 {
-    (cert.not_after() - now).whole_days()
+    let seconds = (cert.not_after() - now).whole_seconds();
+    (seconds + 43_200).div_euclid(86_400)
 }
 
 fn expiry_text(cert: &Certificate, now: OffsetDateTime) -> String {
