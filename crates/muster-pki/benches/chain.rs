@@ -4,7 +4,11 @@
 //! (leaf → intermediate → root) chains, all ECDSA P-256 or all RSA-2048. Parsing is included
 //! in a separate group because the server parses each presented chain once per handshake.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark fails loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark fails loudly"
+)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use muster_pki::{Certificate, ChainOptions, Usage, validate_chain};
@@ -46,7 +50,10 @@ fn cases() -> Vec<Case> {
 
 fn bench(c: &mut Criterion) {
     let at = OffsetDateTime::now_utc();
-    let options = ChainOptions { at, usage: Usage::ClientAuth };
+    let options = ChainOptions {
+        at,
+        usage: Usage::ClientAuth,
+    };
     let cases = cases();
     let mut group = c.benchmark_group("validate_chain");
     group.throughput(Throughput::Elements(1));
@@ -62,7 +69,11 @@ fn bench(c: &mut Criterion) {
     for case in &cases {
         group.bench_function(&case.name, |b| {
             b.iter(|| {
-                let presented: Vec<_> = case.ders.iter().map(|d| Certificate::from_der(d).unwrap()).collect();
+                let presented: Vec<_> = case
+                    .ders
+                    .iter()
+                    .map(|d| Certificate::from_der(d).unwrap())
+                    .collect();
                 validate_chain(&presented, &case.anchors, options).unwrap()
             });
         });
