@@ -1,0 +1,92 @@
+//! DPS errors: one enum, mapped to Azure's numeric codes (HTTP status × 1000 + n) in one place.
+
+use muster_store::StoreError;
+
+/// What went wrong in a DPS operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DpsError {
+    /// The request is invalid; the message is safe to show the caller.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A thing does not exist.
+    #[error("{what} '{id}' not found")]
+    NotFound {
+        /// Kind of thing.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A thing exists already or the operation conflicts with the state.
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` did not match.
+    #[error("the etag does not match (If-Match precondition failed)")]
+    PreconditionFailed,
+    /// Attestation failed. `reason` is for the log only; callers see "Unauthorized".
+    #[error("unauthorized: {reason}")]
+    Unauthorized {
+        /// Why (never contains secrets).
+        reason: String,
+    },
+    /// Too many requests.
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    Throttled {
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
+    /// Storage failed.
+    #[error("internal storage error")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for DpsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::PreconditionFailed { .. } => Self::PreconditionFailed,
+            StoreError::Conflict { collection, key } => {
+                Self::Conflict(format!("{collection} '{key}' already exists"))
+            }
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl DpsError {
+    /// HTTP status code.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidInput(_) => 400,
+            Self::Unauthorized { .. } => 401,
+            Self::NotFound { .. } => 404,
+            Self::Conflict(_) => 409,
+            Self::PreconditionFailed => 412,
+            Self::Throttled { .. } => 429,
+            Self::Store(_) => 500,
+        }
+    }
+
+    /// Azure DPS numeric error code.
+    #[must_use]
+    pub fn code(&self) -> u32 {
+        match self {
+            Self::InvalidInput(_) => 400_004,
+            Self::Unauthorized { .. } => 401_002,
+            Self::NotFound { .. } => 404_201,
+            Self::Conflict(_) => 409_201,
+            Self::PreconditionFailed => 412_002,
+            Self::Throttled { .. } => 429_001,
+            Self::Store(_) => 500_000,
+        }
+    }
+
+    /// The message shown to callers (attestation details and internals stay in the log).
+    #[must_use]
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Unauthorized { .. } => "Unauthorized".to_owned(),
+            Self::Store(_) => "Internal server error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}

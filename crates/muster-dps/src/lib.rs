@@ -1,0 +1,131 @@
+//! # muster-dps
+//!
+//! The Device Provisioning Service's rules, independent of any wire protocol: CA certificates
+//! and their proof of possession, enrollment groups and individual enrollments, attestation of a
+//! registering device (X.509 chain or SAS), allocation to a hub, re-provisioning, and
+//! registration records. The server crate turns MQTT and HTTPS requests into calls here.
+//!
+//! # Layout
+//! - [`model`]: Azure's JSON shapes (enrollment groups, individual enrollments, registration
+//!   states).
+//! - [`error`]: [`DpsError`] with Azure's numeric codes.
+//! - [`ca`]: CA certificates: upload, verification code, proof of possession.
+//! - [`enrollment`]: validation and storage of groups and individual enrollments.
+//! - [`registration`]: attestation, allocation and the writes that provision a device.
+//! - [`hub_docs`]: the device-identity and twin documents provisioning writes into a hub's
+//!   registry (the hub crate reads and extends them).
+//! - [`time_fmt`]: Azure's timestamp format.
+
+pub mod ca;
+pub mod enrollment;
+pub mod error;
+pub mod hub_docs;
+pub mod model;
+pub mod registration;
+pub mod time_fmt;
+
+use std::sync::Arc;
+
+pub use error::DpsError;
+use muster_store::Store;
+use time::OffsetDateTime;
+
+/// A logical IoT hub this server hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hub {
+    /// Host name devices connect to; also the hub's name in enrollments (`iotHubs`).
+    pub hostname: String,
+    /// Allocation weight for hashed allocation (≥ 1).
+    pub weight: u32,
+}
+
+/// Static configuration of the provisioning service.
+#[derive(Debug, Clone)]
+pub struct DpsConfig {
+    /// The ID scope devices put in front of their registration id.
+    pub id_scope: String,
+    /// The hubs devices can be assigned to, in configuration order.
+    pub hubs: Vec<Hub>,
+}
+
+/// A clock, injected so tests control time.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The provisioning service.
+#[derive(Clone)]
+pub struct Dps {
+    store: Arc<dyn Store>,
+    config: Arc<DpsConfig>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Dps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dps")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dps {
+    /// A service over `store` with the system clock.
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, config: DpsConfig) -> Self {
+        Self::with_clock(store, config, Arc::new(OffsetDateTime::now_utc))
+    }
+
+    /// A service with an injected clock.
+    #[must_use]
+    pub fn with_clock(store: Arc<dyn Store>, config: DpsConfig, clock: Clock) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+            clock,
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &DpsConfig {
+        &self.config
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        (self.clock)()
+    }
+
+    fn hub(&self, hostname: &str) -> Option<&Hub> {
+        self.config
+            .hubs
+            .iter()
+            .find(|h| h.hostname.eq_ignore_ascii_case(hostname))
+    }
+}
+
+/// One page of a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Continuation token for the next page; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// Check an id used in paths: 1–128 characters of letters, digits, `-`, `.`, `_`, `:`.
+///
+/// # Errors
+/// [`DpsError::InvalidInput`].
+pub fn check_id(what: &str, id: &str) -> Result<(), DpsError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DpsError::InvalidInput(format!(
+            "invalid {what} '{id}': use 1 to 128 letters, digits, '-', '.', '_' or ':'"
+        )))
+    }
+}

@@ -1,0 +1,36 @@
+//! # muster-mqtt
+//!
+//! A pure, bounded MQTT 3.1.1 codec: bytes in, [`Packet`]s out, and back. No I/O, no clock, no
+//! knowledge of DPS or IoT hubs — the server and test clients own the sockets and the meaning of
+//! topics.
+//!
+//! # Layout
+//! - [`packet`]: the [`Packet`] enum and its parts ([`Connect`], [`ConnAck`], [`Publish`],
+//!   [`Subscribe`], [`SubAck`], [`Unsubscribe`], [`QoS`], return codes).
+//! - [`decode`](mod@decode): two-phase decoding. [`check`] reads only the fixed header and says
+//!   whether a whole packet is buffered (or refuses it as too large before its body arrives);
+//!   [`decode()`] then splits off exactly that packet and parses it through a bounded reader
+//!   that never reads past it. Incomplete input is `Ok(None)`, never an error; no input can make
+//!   it panic.
+//! - [`encode`](mod@encode): [`encode()`] for every packet, refusing what the decoder would
+//!   refuse.
+//! - [`topic`]: topic filter matching and validation, and Azure IoT property bags
+//!   (`a=1&b=x%20y`).
+//! - [`error`]: the one [`Error`] type, one loggable line per variant.
+//!
+//! QoS 2 is not supported by muster: a QoS 2 PUBLISH decodes (with [`QoS::ExactlyOnce`]) so the
+//! server can decide to close, and PUBREC/PUBREL/PUBCOMP are [`Error::UnsupportedPacket`].
+
+pub mod decode;
+pub mod encode;
+pub mod error;
+pub mod packet;
+pub mod topic;
+
+pub use decode::{check, decode};
+pub use encode::encode;
+pub use error::Error;
+pub use packet::{
+    ConnAck, Connect, ConnectReturnCode, MAX_REMAINING_LENGTH, Packet, Publish, QoS, SubAck,
+    SubAckReturnCode, Subscribe, Unsubscribe, Will,
+};

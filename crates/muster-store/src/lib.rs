@@ -1,0 +1,206 @@
+//! # muster-store
+//!
+//! Durable state behind one trait, [`Store`], so the domain crates never see SQL and the
+//! single-node SQLite backend can be swapped for PostgreSQL without touching them.
+//!
+//! # Layout
+//! - this file: the [`Store`] trait and its contract, [`Collection`], [`Record`],
+//!   [`Precondition`], [`Write`], [`StoreError`].
+//! - [`sqlite`]: the embedded backend (WAL, migrations by `user_version`).
+//! - [`conformance`]: the behaviour every backend must show, as a test suite any backend's tests
+//!   call.
+//!
+//! # Model
+//! Each entity is a JSON document in a [`Collection`], under a unique key, with an optional
+//! secondary index value (e.g. a registration's enrollment group, a device's hub) and an etag
+//! that changes on every write. The domain owns the document shapes; the store owns keys,
+//! etags, atomicity and ordering.
+//!
+//! # Contract
+//! - `put` creates or replaces. [`Precondition::IfMatch`] fails with
+//!   [`StoreError::PreconditionFailed`] when the record is missing or its etag differs;
+//!   [`Precondition::IfNoneMatch`] fails with [`StoreError::Conflict`] when it exists. Each
+//!   successful write returns a new etag.
+//! - `delete` returns whether a record was removed; `IfMatch` on a missing record is
+//!   `PreconditionFailed`.
+//! - `write_batch` applies every write or none; preconditions are checked inside the same
+//!   transaction, so two racing batches that both say `IfNoneMatch` for one key cannot both win.
+//! - `list` returns records ordered by key, strictly after `after`, at most `limit`.
+//! - Reads see every write that returned before them (read-your-writes on one node).
+
+pub mod conformance;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+/// The kinds of documents muster stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Collection {
+    /// CA certificates uploaded for proof of possession (key: name).
+    CaCertificates,
+    /// DPS enrollment groups (key: enrollment group id).
+    EnrollmentGroups,
+    /// DPS individual enrollments (key: registration id).
+    Enrollments,
+    /// DPS registration records (key: registration id; index: enrollment group id).
+    Registrations,
+    /// Hub device identities (key: `{hub}/{deviceId}`; index: hub).
+    Devices,
+    /// Device twins (key: `{hub}/{deviceId}`; index: hub).
+    Twins,
+}
+
+impl Collection {
+    /// Every collection.
+    pub const ALL: [Self; 6] = [
+        Self::CaCertificates,
+        Self::EnrollmentGroups,
+        Self::Enrollments,
+        Self::Registrations,
+        Self::Devices,
+        Self::Twins,
+    ];
+
+    /// The stable name used in storage.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CaCertificates => "ca_certificates",
+            Self::EnrollmentGroups => "enrollment_groups",
+            Self::Enrollments => "enrollments",
+            Self::Registrations => "registrations",
+            Self::Devices => "devices",
+            Self::Twins => "twins",
+        }
+    }
+}
+
+/// One stored document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Its key.
+    pub key: String,
+    /// Its secondary index value.
+    pub index: Option<String>,
+    /// The document.
+    pub body: Value,
+    /// Opaque version tag; changes on every write.
+    pub etag: String,
+}
+
+/// A condition on the current state of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// No condition.
+    None,
+    /// The record exists with this etag.
+    IfMatch(String),
+    /// The record exists (any etag).
+    Exists,
+    /// The record does not exist.
+    IfNoneMatch,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Create or replace.
+    Put {
+        /// Collection.
+        collection: Collection,
+        /// Key.
+        key: String,
+        /// Secondary index value.
+        index: Option<String>,
+        /// Document.
+        body: Value,
+        /// Condition.
+        precondition: Precondition,
+    },
+    /// Remove (missing records are fine unless the precondition says otherwise).
+    Delete {
+        /// Collection.
+        collection: Collection,
+        /// Key.
+        key: String,
+        /// Condition.
+        precondition: Precondition,
+    },
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An `IfMatch`/`Exists` precondition did not hold.
+    #[error("precondition failed for {collection} '{key}'")]
+    PreconditionFailed {
+        /// Collection name.
+        collection: &'static str,
+        /// Key.
+        key: String,
+    },
+    /// An `IfNoneMatch` precondition did not hold.
+    #[error("{collection} '{key}' already exists")]
+    Conflict {
+        /// Collection name.
+        collection: &'static str,
+        /// Key.
+        key: String,
+    },
+    /// The backend failed.
+    #[error("storage backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The storage interface. See the crate documentation for the contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Read one record.
+    async fn get(&self, collection: Collection, key: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Create or replace one record.
+    async fn put(
+        &self,
+        collection: Collection,
+        key: &str,
+        index: Option<&str>,
+        body: &Value,
+        precondition: Precondition,
+    ) -> Result<Record, StoreError>;
+
+    /// Remove one record; `Ok(false)` when there was none.
+    async fn delete(
+        &self,
+        collection: Collection,
+        key: &str,
+        precondition: Precondition,
+    ) -> Result<bool, StoreError>;
+
+    /// Records in key order after `after`, optionally only those whose index equals `index`.
+    async fn list(
+        &self,
+        collection: Collection,
+        index: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    /// Apply all writes atomically; returns the new etag of each write (empty for deletes).
+    async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<String>, StoreError>;
+}
+
+/// A new etag: 16 hex characters, random, unique across nodes in practice.
+#[must_use]
+pub fn new_etag() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    let value = if aws_lc_rs::rand::fill(&mut bytes).is_ok() {
+        u64::from_be_bytes(bytes)
+    } else {
+        // Without system randomness, a process-wide counter still makes every etag distinct.
+        FALLBACK.fetch_add(1, Ordering::Relaxed) ^ 0x9e37_79b9_7f4a_7c15
+    };
+    format!("{value:016x}")
+}
