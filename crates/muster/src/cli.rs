@@ -25,10 +25,31 @@ pub(crate) enum Output {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub(crate) enum Command {
+    /// Run the provisioning service and hub (MQTT on 8883, HTTPS on 8443 by default).
+    Serve(ServeArgs),
+    /// Print how to reach this server: ID scope, ports, trust bundle, connection strings.
+    Info {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Server configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Make and inspect certificates: CAs, proof-of-possession and device certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Manage the provisioning service: CA certificates, enrollments, registrations.
+    Dps {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: DpsCommand,
+    },
 }
 
 /// Which CA of the directory signs.
@@ -128,5 +149,315 @@ pub(crate) enum CertsCommand {
         /// encrypted key.
         #[arg(long, value_name = "VAR")]
         password_env: Option<String>,
+    },
+}
+
+/// Where the server's files are, and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServerArgs {
+    /// Data directory of the server.
+    #[arg(
+        long,
+        env = "MUSTER_DATA_DIR",
+        default_value = "./muster-data",
+        global = true
+    )]
+    pub(crate) data_dir: PathBuf,
+}
+
+/// How a management command reaches the REST API.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ApiArgs {
+    /// Service connection string (`HostName=…;SharedAccessKeyName=…;SharedAccessKey=…`);
+    /// by default taken from MUSTER_DPS_CONNECTION_STRING or from the local data directory.
+    #[arg(long, global = true)]
+    pub(crate) connection_string: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (default: the data directory's).
+    #[arg(long, global = true)]
+    pub(crate) trust: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+}
+
+/// `muster serve` flags.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory (created on first start).
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// TOML configuration file (see `muster config default`).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub(crate) bind: Option<std::net::IpAddr>,
+    /// MQTT-over-TLS port.
+    #[arg(long)]
+    pub(crate) mqtt_port: Option<u16>,
+    /// HTTPS port.
+    #[arg(long)]
+    pub(crate) https_port: Option<u16>,
+    /// Host name devices and clients use; repeat for several hubs (the first is the DPS host).
+    #[arg(long = "hostname")]
+    pub(crate) hostnames: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the commented default configuration.
+    Default,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DpsCommand {
+    /// CA certificates and proof of possession.
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
+    /// Enrollment groups.
+    #[command(subcommand)]
+    EnrollmentGroup(GroupCommand),
+    /// Individual enrollments.
+    #[command(subcommand)]
+    Enrollment(EnrollmentCommand),
+    /// Registration records.
+    #[command(subcommand)]
+    Registration(RegistrationCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertificateCommand {
+    /// Upload a CA certificate.
+    Create {
+        /// Name enrollment groups will refer to.
+        #[arg(long)]
+        name: String,
+        /// PEM or DER file.
+        #[arg(long)]
+        path: PathBuf,
+        /// Mark it verified without proof of possession.
+        #[arg(long)]
+        verified: bool,
+    },
+    /// Replace a CA certificate.
+    Update {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// PEM or DER file.
+        #[arg(long)]
+        path: PathBuf,
+        /// Etag to match (default: any).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// List CA certificates.
+    List,
+    /// Show one CA certificate (with an outstanding verification code).
+    Show {
+        /// Name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete a CA certificate.
+    Delete {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Etag to match (default: any).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Ask for a verification code.
+    GenerateVerificationCode {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Etag to match (default: the current one).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Complete proof of possession: upload a verification certificate (`--path`), or let
+    /// muster do code → sign → verify in one step with the CA's key (`--ca-key`), which never
+    /// leaves this machine.
+    Verify {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// The verification certificate (CN = the code).
+        #[arg(long, conflicts_with = "ca_key")]
+        path: Option<PathBuf>,
+        /// The CA's private key: generate the code, sign the proof locally, verify.
+        #[arg(long, required_unless_present = "path")]
+        ca_key: Option<PathBuf>,
+        /// Environment variable holding the password of an encrypted CA key.
+        #[arg(long, value_name = "VAR")]
+        ca_key_password_env: Option<String>,
+        /// Etag to match (default: the current one).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+/// Enrollment settings shared by create and update.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct EnrollmentSettings {
+    /// Initial twin, as JSON: `{"tags":{…},"properties":{"desired":{…}}}`.
+    #[arg(long)]
+    pub(crate) initial_twin: Option<String>,
+    /// Only the initial desired properties, as JSON (`{"telemetryDelay":"1"}`).
+    #[arg(long, conflicts_with = "initial_twin")]
+    pub(crate) initial_twin_properties: Option<String>,
+    /// Hubs devices may be assigned to (host names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) iot_hubs: Option<Vec<String>>,
+    /// hashed (evenly weighted), geoLatency or static.
+    #[arg(long)]
+    pub(crate) allocation_policy: Option<String>,
+    /// reprovisionandmigratedata (default), reprovisionandresetdata or never.
+    #[arg(long)]
+    pub(crate) reprovision_policy: Option<String>,
+    /// enabled or disabled.
+    #[arg(long)]
+    pub(crate) provisioning_status: Option<String>,
+    /// Devices are IoT Edge devices.
+    #[arg(long)]
+    pub(crate) edge_enabled: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Create an enrollment group.
+    Create {
+        /// Enrollment group id.
+        #[arg(long, visible_alias = "group-id")]
+        enrollment_id: String,
+        /// X.509: name of a verified CA certificate.
+        #[arg(long, group = "attestation")]
+        ca_name: Option<String>,
+        /// X.509: a second verified CA certificate.
+        #[arg(long, requires = "ca_name")]
+        secondary_ca_name: Option<String>,
+        /// X.509: a signing (intermediate) certificate file carried in the group.
+        #[arg(long, group = "attestation")]
+        certificate_path: Option<PathBuf>,
+        /// Symmetric keys (generated unless given with --primary-key/--secondary-key).
+        #[arg(long, group = "attestation")]
+        symmetric_key: bool,
+        /// Primary group key (base64).
+        #[arg(long, requires = "symmetric_key")]
+        primary_key: Option<String>,
+        /// Secondary group key (base64).
+        #[arg(long, requires = "symmetric_key")]
+        secondary_key: Option<String>,
+        #[command(flatten)]
+        settings: EnrollmentSettings,
+    },
+    /// Change an enrollment group.
+    Update {
+        /// Enrollment group id.
+        #[arg(long, visible_alias = "group-id")]
+        enrollment_id: String,
+        #[command(flatten)]
+        settings: EnrollmentSettings,
+        /// Etag to match (default: the current one).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// List enrollment groups.
+    List,
+    /// Show one enrollment group.
+    Show {
+        /// Enrollment group id.
+        #[arg(long, visible_alias = "group-id")]
+        enrollment_id: String,
+        /// Also show the keys of a symmetric-key group.
+        #[arg(long)]
+        show_keys: bool,
+    },
+    /// Delete an enrollment group.
+    Delete {
+        /// Enrollment group id.
+        #[arg(long, visible_alias = "group-id")]
+        enrollment_id: String,
+        /// Etag to match.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EnrollmentCommand {
+    /// Create an individual enrollment.
+    Create {
+        /// Registration id.
+        #[arg(long)]
+        registration_id: String,
+        /// Device id to create (default: the registration id).
+        #[arg(long)]
+        device_id: Option<String>,
+        /// X.509: the device's certificate file.
+        #[arg(long, group = "attestation")]
+        certificate_path: Option<PathBuf>,
+        /// Symmetric keys (generated unless given).
+        #[arg(long, group = "attestation")]
+        symmetric_key: bool,
+        /// Primary key (base64).
+        #[arg(long, requires = "symmetric_key")]
+        primary_key: Option<String>,
+        #[command(flatten)]
+        settings: EnrollmentSettings,
+    },
+    /// Change an individual enrollment.
+    Update {
+        /// Registration id.
+        #[arg(long)]
+        registration_id: String,
+        #[command(flatten)]
+        settings: EnrollmentSettings,
+        /// Etag to match (default: the current one).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// List individual enrollments.
+    List,
+    /// Show one individual enrollment.
+    Show {
+        /// Registration id.
+        #[arg(long)]
+        registration_id: String,
+    },
+    /// Delete an individual enrollment.
+    Delete {
+        /// Registration id.
+        #[arg(long)]
+        registration_id: String,
+        /// Etag to match.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RegistrationCommand {
+    /// Registration records of an enrollment group.
+    List {
+        /// Enrollment group id.
+        #[arg(long, visible_alias = "group-id")]
+        enrollment_id: String,
+    },
+    /// One registration record.
+    Show {
+        /// Registration id.
+        #[arg(long)]
+        registration_id: String,
+    },
+    /// Delete a registration record (the device provisions afresh next time).
+    Delete {
+        /// Registration id.
+        #[arg(long)]
+        registration_id: String,
+        /// Etag to match.
+        #[arg(long)]
+        etag: Option<String>,
     },
 }

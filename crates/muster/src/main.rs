@@ -6,6 +6,9 @@
 //! - `cli`: the clap command tree.
 //! - `certs`: `muster certs …`, the certificate tool over `muster-pki`.
 //! - `files`: writing a set of files all-or-nothing, keys with mode 0600, no silent overwrite.
+//! - `serve`: `serve`, `info`, `config default` (wiring to `muster-server`).
+//! - `api`: the REST client (connection string → SAS per request, data-dir trust root).
+//! - `dps`: `muster dps …` management commands.
 
 #![allow(
     clippy::print_stdout,
@@ -13,9 +16,12 @@
     reason = "a command-line tool talks on stdout and stderr"
 )]
 
+mod api;
 mod certs;
 mod cli;
+mod dps;
 mod files;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -25,6 +31,15 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Certs(cmd) => certs::run(cmd, cli.output),
+        cli::Command::Serve(args) => serve::serve(&args),
+        cli::Command::Info { server, json } => {
+            serve::info(&server.data_dir, json || cli.output == cli::Output::Json)
+        }
+        cli::Command::Config(cli::ConfigCommand::Default) => {
+            serve::config_default();
+            Ok(())
+        }
+        cli::Command::Dps { api, command } => dps::run(&api, command, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,250 @@
+//! Server configuration: typed, layered (defaults ← TOML file ← command-line flags), checked
+//! once after loading. Durations are written with units (`10s`, `2m`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The commented default configuration (`muster config default`).
+pub const DEFAULT_CONFIG: &str = r#"# muster server configuration. Every value shown is the default.
+
+# Where certificates, keys, the ID scope and the database live.
+data_dir = "./muster-data"
+
+# Address both listeners bind to.
+bind = "127.0.0.1"
+
+# MQTT over TLS for devices (DPS and hub share it; the Azure SDKs require 8883).
+mqtt_port = 8883
+
+# HTTPS for the management REST API and DPS registration over HTTPS (Node SDKs need 443).
+https_port = 8443
+
+# Host names the server certificate covers. The first is the provisioning host and the host of
+# the default hub, returned to devices as `assignedHub`; each name is one logical hub.
+hostnames = ["localhost"]
+
+[limits]
+# Open connections accepted at once (MQTT and HTTPS each).
+max_connections = 100000
+# Time allowed for the TLS handshake plus the MQTT CONNECT packet.
+connect_timeout = "10s"
+# Largest MQTT packet accepted (bytes); larger ones close the connection before buffering.
+max_packet_size = 300000
+# Largest HTTP request body accepted (bytes).
+max_body_size = 1048576
+# How long shutdown waits for connections to finish.
+shutdown_grace = "5s"
+
+[dps]
+# Seconds a device is told to wait before polling a registration (retry-after).
+retry_after = 1
+"#;
+
+/// Listener and resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections accepted at once per listener.
+    pub max_connections: usize,
+    /// TLS handshake + CONNECT deadline.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet.
+    pub max_packet_size: usize,
+    /// Largest HTTP body.
+    pub max_body_size: usize,
+    /// Shutdown drain deadline.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 300_000,
+            max_body_size: 1 << 20,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// DPS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpsSettings {
+    /// `retry-after` seconds.
+    pub retry_after: u32,
+}
+
+impl Default for DpsSettings {
+    fn default() -> Self {
+        Self { retry_after: 1 }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Bind address.
+    pub bind: IpAddr,
+    /// MQTT port (0 = any free port).
+    pub mqtt_port: u16,
+    /// HTTPS port (0 = any free port).
+    pub https_port: u16,
+    /// Host names; the first is the DPS host and the default hub.
+    pub hostnames: Vec<String>,
+    /// Limits.
+    pub limits: Limits,
+    /// DPS settings.
+    pub dps: DpsSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./muster-data"),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            mqtt_port: 8883,
+            https_port: 8443,
+            hostnames: vec!["localhost".to_owned()],
+            limits: Limits::default(),
+            dps: DpsSettings::default(),
+        }
+    }
+}
+
+/// A configuration problem, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Parse TOML (missing keys take their defaults) and check it.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the bad key.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            toml::from_str(text).map_err(|e| ConfigError(e.to_string().replace('\n', " ")))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Check values that parse but make no sense.
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.hostnames.is_empty() {
+            return Err(ConfigError(
+                "hostnames must list at least one host name".into(),
+            ));
+        }
+        for h in &self.hostnames {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'));
+            if !ok {
+                return Err(ConfigError(format!("'{h}' is not a valid host name")));
+            }
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError(
+                "limits.max_connections must be at least 1".into(),
+            ));
+        }
+        if !(1024..=268_435_455).contains(&self.limits.max_packet_size) {
+            return Err(ConfigError(
+                "limits.max_packet_size must be between 1024 and 268435455".into(),
+            ));
+        }
+        if self.limits.connect_timeout.is_zero() {
+            return Err(ConfigError(
+                "limits.connect_timeout must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The provisioning host (first host name).
+    #[must_use]
+    pub fn dps_host(&self) -> &str {
+        self.hostnames.first().map_or("localhost", String::as_str)
+    }
+}
+
+/// Parse `500ms`, `10s`, `2m`, `1h`, `1d`.
+///
+/// # Errors
+/// A message naming the accepted units.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 10s"))?;
+    let secs = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("'{s}': use a unit of ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_is_the_default() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG).unwrap();
+        let def = Config::default();
+        assert_eq!(parsed.data_dir, def.data_dir);
+        assert_eq!(parsed.bind, def.bind);
+        assert_eq!(parsed.mqtt_port, def.mqtt_port);
+        assert_eq!(parsed.https_port, def.https_port);
+        assert_eq!(parsed.hostnames, def.hostnames);
+        assert_eq!(parsed.limits.connect_timeout, def.limits.connect_timeout);
+        assert_eq!(parsed.limits.max_packet_size, def.limits.max_packet_size);
+        assert_eq!(parsed.dps.retry_after, def.dps.retry_after);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(
+            Config::from_toml("mqtt_prot = 1")
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt_prot")
+        );
+        assert!(
+            Config::from_toml("hostnames = []")
+                .unwrap_err()
+                .to_string()
+                .contains("hostnames")
+        );
+        assert!(Config::from_toml("[limits]\nconnect_timeout = \"ten\"").is_err());
+        assert!(Config::from_toml("hostnames = [\"bad host\"]").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,143 @@
+//! The DPS device API, shared by the MQTT and HTTPS transports: register, then poll.
+//!
+//! Register performs the whole registration at once, parks the result under a new operation
+//! id, and answers `202 {"status":"assigning"}` with `retry-after`, as Azure does; the poll
+//! answers `200 {"status":"assigned", "registrationState": …}`. Every failure is a JSON body
+//! `{errorCode, trackingId, message, timestampUtc}` with a log line carrying the reason.
+
+use muster_dps::registration::{Credential, RegistrationRequest};
+use muster_dps::{Dps, DpsError};
+use serde_json::{Value, json};
+use tracing::warn;
+
+use crate::operations::{Operations, Outcome};
+
+/// A device-facing answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+    pub(crate) retry_after: Option<u32>,
+}
+
+/// A new tracking id (for correlating a device's error with the server log).
+pub(crate) fn tracking_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let h = muster_pki::hex_upper(&b).to_ascii_lowercase();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h.get(0..8).unwrap_or_default(),
+        h.get(8..12).unwrap_or_default(),
+        h.get(12..16).unwrap_or_default(),
+        h.get(16..20).unwrap_or_default(),
+        h.get(20..32).unwrap_or_default()
+    )
+}
+
+/// The DPS error body.
+pub(crate) fn error_body(code: u32, message: &str, tracking: &str) -> Value {
+    json!({
+        "errorCode": code,
+        "trackingId": tracking,
+        "message": message,
+        "timestampUtc": muster_dps::time_fmt::azure(time::OffsetDateTime::now_utc()),
+    })
+}
+
+pub(crate) fn error_reply(e: &DpsError) -> Reply {
+    let tracking = tracking_id();
+    if e.status() >= 500 {
+        warn!(tracking_id = tracking, error = %e, "registration failed");
+    }
+    Reply {
+        status: e.status(),
+        body: error_body(e.code(), &e.public_message(), &tracking),
+        retry_after: match e {
+            DpsError::Throttled { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        },
+    }
+}
+
+/// Handle a register request body (`{"registrationId":…, "payload":…}`).
+pub(crate) async fn register(
+    dps: &Dps,
+    operations: &Operations,
+    retry_after: u32,
+    registration_id: &str,
+    credential: Credential<'_>,
+    body: &[u8],
+) -> Reply {
+    let parsed: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(registration_id, error = %e, "register request is not JSON");
+                return error_reply(&DpsError::InvalidInput(format!(
+                    "the request body is not valid JSON: {e}"
+                )));
+            }
+        }
+    };
+    if let Some(claimed) = parsed.get("registrationId").and_then(Value::as_str)
+        && !claimed.eq_ignore_ascii_case(registration_id)
+    {
+        warn!(
+            registration_id,
+            claimed, "registration id in the body differs from the connection's"
+        );
+        return error_reply(&DpsError::InvalidInput(
+            "registrationId in the body differs from the one the device connected as".into(),
+        ));
+    }
+    let request = RegistrationRequest {
+        registration_id,
+        credential,
+        payload: parsed.get("payload").cloned(),
+    };
+    match dps.register(request).await {
+        Ok(state) => {
+            let op = Operations::new_id();
+            let assigned =
+                json!({"operationId": op, "status": "assigned", "registrationState": state});
+            operations.insert(
+                &op,
+                Outcome {
+                    registration_id: registration_id.to_owned(),
+                    status: 200,
+                    body: assigned,
+                },
+            );
+            Reply {
+                status: 202,
+                body: json!({"operationId": op, "status": "assigning"}),
+                retry_after: Some(retry_after),
+            }
+        }
+        Err(e) => error_reply(&e),
+    }
+}
+
+/// Handle an operation-status poll.
+pub(crate) fn poll(operations: &Operations, registration_id: &str, operation_id: &str) -> Reply {
+    match operations.get(operation_id, registration_id) {
+        Some(outcome) => Reply {
+            status: outcome.status,
+            body: outcome.body,
+            retry_after: None,
+        },
+        None => {
+            warn!(
+                registration_id,
+                operation_id, "poll for an unknown operation"
+            );
+            error_reply(&DpsError::NotFound {
+                what: "operation",
+                id: operation_id.to_owned(),
+            })
+        }
+    }
+}

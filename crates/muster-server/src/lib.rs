@@ -1,0 +1,278 @@
+//! # muster-server
+//!
+//! The network side of muster: configuration, the data-directory bootstrap, TLS, the MQTT
+//! listener (DPS today, the hub next), the HTTPS REST API, and orderly shutdown. Domain rules
+//! live in `muster-dps` (and `muster-hub`); this crate only translates.
+//!
+//! # Layout
+//! - [`config`]: typed, layered configuration and the printable default.
+//! - [`bootstrap`]: trust root, server certificate, ID scope, policy keys, database location.
+//! - [`tls`]: the shared rustls configuration (client certificates requested, checked later).
+//! - `mqtt`: the MQTT listener, connection (cancel-safe, bounded) and the DPS session.
+//! - `rest`: the axum router: DPS service API, DPS device API over HTTPS, SAS auth, errors.
+//! - `device_api`: register/poll shared by both transports; `operations`: results awaiting a poll.
+//! - `json`: ASCII-only JSON for device responses.
+//!
+//! # Ownership
+//! [`Context`] is built once and shared read-only (`Arc`); the only mutable shared state is the
+//! operations map (one short mutex section per register/poll) and the store (its own locking).
+
+pub mod bootstrap;
+pub mod config;
+mod device_api;
+mod json;
+mod mqtt;
+mod operations;
+mod rest;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use muster_dps::{Dps, DpsConfig, Hub};
+use muster_store::sqlite::SqliteStore;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::bootstrap::{Paths, State};
+use crate::config::{Config, Limits};
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub struct Context {
+    pub(crate) dps: Dps,
+    pub(crate) operations: operations::Operations,
+    pub(crate) retry_after: u32,
+    pub(crate) limits: Limits,
+    pub(crate) id_scope: String,
+    pub(crate) state: State,
+    /// Lower-case host names and addresses a management token may name.
+    pub(crate) resource_hosts: Vec<String>,
+}
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Data directory.
+    #[error("data directory: {0}")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    /// Database.
+    #[error("database: {0}")]
+    Store(#[from] muster_store::StoreError),
+    /// TLS.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Binding a port.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// Where MQTT listens.
+    pub mqtt_addr: SocketAddr,
+    /// Where HTTPS listens.
+    pub https_addr: SocketAddr,
+    /// `muster info` for this server.
+    pub info: Value,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: std::time::Duration,
+}
+
+impl Running {
+    /// Ask the server to stop (idempotent).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token that stops the server when cancelled.
+    #[must_use]
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Wait until the server has stopped: listeners closed, connections drained or, after the
+    /// grace period, abandoned.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            info!("shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|source| ServerError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Bootstrap the data directory, bind both listeners and start serving.
+///
+/// # Errors
+/// [`ServerError`] with the failing file, port or setting.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    config.check()?;
+    let (paths, state) = bootstrap::prepare(&config)?;
+    let store = Arc::new(SqliteStore::open(&paths.database())?);
+    let hubs: Vec<Hub> = config
+        .hostnames
+        .iter()
+        .map(|h| Hub {
+            hostname: h.clone(),
+            weight: 1,
+        })
+        .collect();
+    let dps = Dps::new(
+        store,
+        DpsConfig {
+            id_scope: state.id_scope.clone(),
+            hubs,
+        },
+    );
+    let mut resource_hosts: Vec<String> = bootstrap::server_names(&config)
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    resource_hosts.push(config.bind.to_string());
+    let ctx = Arc::new(Context {
+        dps,
+        operations: operations::Operations::default(),
+        retry_after: config.dps.retry_after,
+        limits: config.limits.clone(),
+        id_scope: state.id_scope.clone(),
+        state: state.clone(),
+        resource_hosts,
+    });
+
+    let chain = read(&paths.server())?;
+    let key = read(&paths.server_key())?;
+    let mqtt_tls = TlsAcceptor::from(tls::server_config(&chain, &key, false)?);
+    let https_tls = TlsAcceptor::from(tls::server_config(&chain, &key, true)?);
+
+    let bind = |port: u16| SocketAddr::new(config.bind, port);
+    let mqtt_listener = TcpListener::bind(bind(config.mqtt_port))
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: bind(config.mqtt_port),
+            source,
+        })?;
+    let https_listener = TcpListener::bind(bind(config.https_port))
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: bind(config.https_port),
+            source,
+        })?;
+    let mqtt_addr = mqtt_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: bind(config.mqtt_port),
+            source,
+        })?;
+    let https_addr = https_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: bind(config.https_port),
+            source,
+        })?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(mqtt::serve(
+        mqtt_listener,
+        Arc::clone(&ctx),
+        mqtt_tls,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(rest::serve(
+        https_listener,
+        Arc::clone(&ctx),
+        https_tls,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    let info = info(&config, &paths, &state, mqtt_addr.port(), https_addr.port());
+    info!(
+        mqtt = %mqtt_addr,
+        https = %https_addr,
+        id_scope = state.id_scope,
+        hostname = config.dps_host(),
+        "muster is serving"
+    );
+    Ok(Running {
+        mqtt_addr,
+        https_addr,
+        info,
+        shutdown,
+        tracker,
+        grace: config.limits.shutdown_grace,
+    })
+}
+
+/// The `muster info --json` document.
+#[must_use]
+pub fn info(
+    config: &Config,
+    paths: &Paths,
+    state: &State,
+    mqtt_port: u16,
+    https_port: u16,
+) -> Value {
+    let host = config.dps_host();
+    let host_port = if https_port == 443 {
+        host.to_owned()
+    } else {
+        format!("{host}:{https_port}")
+    };
+    let cs = |policy: &str| {
+        state.policy(policy).map(|p| {
+            muster_auth::connection_string::ConnectionString::service(
+                &host_port,
+                &p.name,
+                &muster_auth::Secret::new(p.primary_key.clone()),
+            )
+        })
+    };
+    let trust = std::fs::canonicalize(paths.ca()).unwrap_or_else(|_| paths.ca());
+    json!({
+        "idScope": state.id_scope,
+        "hostname": host,
+        "bind": config.bind.to_string(),
+        "mqttPort": mqtt_port,
+        "httpsPort": https_port,
+        "trustBundle": trust,
+        "hubConnectionString": cs("iothubowner"),
+        "dpsConnectionString": cs(bootstrap::DPS_POLICY),
+        "hubs": config.hostnames.iter().map(|h| json!({"name": h, "hostname": h})).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,163 @@
+//! The MQTT-over-TLS listener shared by DPS and the hub.
+//!
+//! Accept is cheap: take a connection permit, accept, spawn. The TLS handshake and the CONNECT
+//! packet happen inside the task under one deadline. The CONNECT username decides the role:
+//! `{idScope}/registrations/{registrationId}/…` is a DPS session; `{host}/{deviceId}[/{module}]/…`
+//! is a hub session.
+
+pub(crate) mod connection;
+mod dps;
+
+use std::sync::Arc;
+
+use muster_mqtt::{ConnAck, ConnectReturnCode, Packet};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::Context;
+use connection::Connection;
+
+/// Serve MQTT on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (socket, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "MQTT accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let ctx = Arc::clone(&ctx);
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        let span = info_span!("mqtt", %peer, registration_id = tracing::field::Empty);
+        tracker.spawn(
+            async move {
+                handle(socket, &ctx, &acceptor, &shutdown).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    debug!("MQTT listener stopped");
+}
+
+async fn handle(
+    socket: tokio::net::TcpStream,
+    ctx: &Context,
+    acceptor: &TlsAcceptor,
+    shutdown: &CancellationToken,
+) {
+    let deadline = ctx.limits.connect_timeout;
+    let setup = async {
+        let tls = acceptor
+            .accept(socket)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let peer = crate::tls::peer_chain(tls.get_ref().1.peer_certificates());
+        let mut conn = Connection::new(tls, ctx.limits.max_packet_size);
+        match conn.read_packet().await {
+            Ok(Some(Packet::Connect(c))) => Ok((conn, c, peer)),
+            Ok(Some(other)) => Err(format!(
+                "first packet was {} instead of CONNECT",
+                other.name()
+            )),
+            Ok(None) => Err("closed before CONNECT".to_owned()),
+            Err(e) => Err(format!("bad CONNECT: {e}")),
+        }
+    };
+    let (mut conn, connect, peer) = match tokio::time::timeout(deadline, setup).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(reason)) => {
+            debug!(reason, "connection dropped during setup");
+            return;
+        }
+        Err(_) => {
+            debug!("connection timed out before CONNECT");
+            return;
+        }
+    };
+    let username = connect.username.clone().unwrap_or_default();
+    if let Some((scope, registration_id)) = parse_dps_username(&username) {
+        tracing::Span::current().record("registration_id", registration_id);
+        dps::run(
+            &mut conn,
+            ctx,
+            &connect,
+            peer,
+            scope,
+            registration_id,
+            shutdown,
+        )
+        .await;
+    } else {
+        // The device (hub) endpoint is the IoT hub issue's work; until then hub clients are
+        // told the service is unavailable rather than being silently dropped.
+        info!(
+            username,
+            "hub connection refused: the hub endpoint is not available on this server yet"
+        );
+        let _ = conn
+            .write_packet(&Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServerUnavailable,
+            }))
+            .await;
+    }
+    conn.shutdown().await;
+}
+
+/// `{idScope}/registrations/{registrationId}/…` → (scope, registration id).
+fn parse_dps_username(username: &str) -> Option<(&str, &str)> {
+    let mut parts = username.splitn(4, '/');
+    let scope = parts.next()?;
+    if parts.next()? != "registrations" {
+        return None;
+    }
+    let registration_id = parts.next()?;
+    (!scope.is_empty() && !registration_id.is_empty()).then_some((scope, registration_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dps_username;
+
+    #[test]
+    fn usernames() {
+        assert_eq!(
+            parse_dps_username(
+                "0ne00ABCDEF/registrations/dev-1/api-version=2019-03-31&ClientVersion=x"
+            ),
+            Some(("0ne00ABCDEF", "dev-1"))
+        );
+        assert_eq!(
+            parse_dps_username("0ne0045B3C6/registrations/camfil/api-version=2019-03-31"),
+            Some(("0ne0045B3C6", "camfil"))
+        );
+        assert_eq!(
+            parse_dps_username("hub.local/dev-1/?api-version=2021-04-12"),
+            None
+        );
+        assert_eq!(parse_dps_username("x/registrations/"), None);
+    }
+}

@@ -1,0 +1,236 @@
+//! The HTTPS side: the management REST API in Azure's DPS service shapes, the DPS device API
+//! over HTTPS, one error → response mapping, and SAS authentication of management calls.
+//!
+//! Collection segments are matched case-insensitively (`enrollmentGroups` and
+//! `enrollmentgroups` both work, as the Node SDK uses both) by normalising known keywords before
+//! routing.
+
+mod auth;
+mod dps_device;
+mod dps_service;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use muster_dps::DpsError;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::Context;
+use crate::device_api::{error_body, tracking_id};
+
+/// The certificate chain the HTTPS client presented (empty when none).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeerChain(pub(crate) Arc<Vec<muster_pki::Certificate>>);
+
+/// A DPS error as an HTTP response: status, Azure body, `x-ms-error-code`.
+#[derive(Debug)]
+pub(crate) struct ApiError(pub(crate) DpsError);
+
+impl From<DpsError> for ApiError {
+    fn from(e: DpsError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response<Body> {
+        let tracking = tracking_id();
+        if self.0.status() >= 500 {
+            warn!(tracking_id = tracking, error = %self.0, "request failed");
+        } else {
+            debug!(tracking_id = tracking, error = %self.0, "request refused");
+        }
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = error_body(self.0.code(), &self.0.public_message(), &tracking);
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&self.0.code().to_string()) {
+            response.headers_mut().insert("x-ms-error-code", v);
+        }
+        if let DpsError::Throttled { retry_after_secs } = self.0
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert("retry-after", v);
+        }
+        response
+    }
+}
+
+const KEYWORDS: [&str; 9] = [
+    "enrollmentgroups",
+    "enrollments",
+    "registrations",
+    "certificates",
+    "query",
+    "attestationmechanism",
+    "generateverificationcode",
+    "verify",
+    "operations",
+];
+
+/// Lower-case the known collection and action segments of a path.
+fn normalize_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let lower = seg.to_ascii_lowercase();
+            if KEYWORDS.contains(&lower.as_str()) {
+                lower
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The application router (no TLS): used by the listener and by router tests.
+pub(crate) fn router(ctx: Arc<Context>) -> Router {
+    let management = dps_service::routes().route_layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&ctx),
+        auth::require_dps_policy,
+    ));
+    Router::new()
+        .merge(management)
+        .merge(dps_device::routes())
+        .layer(DefaultBodyLimit::max(ctx.limits.max_body_size))
+        .with_state(ctx)
+}
+
+/// Serve HTTPS on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let app = router(Arc::clone(&ctx));
+    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (socket, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let timeout = ctx.limits.connect_timeout;
+        tracker.spawn(
+            async move {
+                let tls = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let chain = match crate::tls::peer_chain(tls.get_ref().1.peer_certificates()) {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        warn!(reason, "client certificate cannot be parsed");
+                        Vec::new()
+                    }
+                };
+                let chain = PeerChain(Arc::new(chain));
+                let service = app.map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    let path = normalize_path(req.uri().path());
+                    if path != req.uri().path() {
+                        let pq = match req.uri().query() {
+                            Some(q) => format!("{path}?{q}"),
+                            None => path,
+                        };
+                        if let Ok(uri) = pq.parse() {
+                            *req.uri_mut() = uri;
+                        }
+                    }
+                    req.extensions_mut().insert(chain.clone());
+                    req.map(Body::new)
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "HTTP connection ended with an error") },
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                drop(permit);
+            }
+            .instrument(info_span!("https", %peer)),
+        );
+    }
+    debug!("HTTPS listener stopped");
+}
+
+/// Read `x-ms-max-item-count` and `x-ms-continuation`.
+pub(crate) fn paging(headers: &HeaderMap) -> (Option<usize>, Option<String>) {
+    let max = headers
+        .get("x-ms-max-item-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let cont = headers
+        .get("x-ms-continuation")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    (max, cont)
+}
+
+/// The `If-Match` header, if any.
+pub(crate) fn if_match(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("if-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn keywords_are_case_insensitive_and_ids_are_not() {
+        assert_eq!(
+            normalize_path("/enrollmentGroups/MyGroup"),
+            "/enrollmentgroups/MyGroup"
+        );
+        assert_eq!(
+            normalize_path("/EnrollmentGroups/g/AttestationMechanism"),
+            "/enrollmentgroups/g/attestationmechanism"
+        );
+        assert_eq!(
+            normalize_path("/0ne00ABC/registrations/Dev/register"),
+            "/0ne00ABC/registrations/Dev/register"
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! A small client for muster's REST API: connection string → SAS token per request, the data
+//! directory's trust root, Azure error bodies turned into one-line errors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use muster_auth::connection_string::ConnectionString;
+use muster_auth::sas::make_token;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::cli::ApiArgs;
+
+/// A REST response.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) body: Value,
+    pub(crate) headers: reqwest::header::HeaderMap,
+}
+
+#[derive(Debug)]
+pub(crate) struct Api {
+    client: reqwest::Client,
+    base: String,
+    host: String,
+    conn: ConnectionString,
+}
+
+impl Api {
+    pub(crate) fn new(args: &ApiArgs, env_var: &str) -> Result<Self> {
+        let text = match (&args.connection_string, std::env::var(env_var)) {
+            (Some(cs), _) => cs.clone(),
+            (None, Ok(cs)) if !cs.is_empty() => cs,
+            _ => {
+                let info = crate::serve::local_info(&args.server.data_dir)?;
+                info.get("dpsConnectionString")
+                    .and_then(Value::as_str)
+                    .context("the data directory has no DPS policy")?
+                    .to_owned()
+            }
+        };
+        let conn = ConnectionString::parse(&text)?;
+        if conn.key_name.is_none() || conn.key.is_none() {
+            bail!("the connection string needs SharedAccessKeyName and SharedAccessKey");
+        }
+        let trust: PathBuf = args
+            .trust
+            .clone()
+            .unwrap_or_else(|| args.server.data_dir.join("tls/ca.pem"));
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(60));
+        if trust.exists() {
+            let pem = std::fs::read(&trust)
+                .with_context(|| format!("cannot read {}", trust.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| trust.display().to_string())?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().context("cannot build the HTTPS client")?;
+        Ok(Self {
+            client,
+            base: format!("https://{}", conn.host_name),
+            host: conn.host_name.clone(),
+            conn,
+        })
+    }
+
+    fn token(&self) -> Result<String> {
+        let expiry =
+            u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0) + 3600;
+        let key = self.conn.key.as_ref().context("no key")?;
+        Ok(make_token(
+            &self.host,
+            key,
+            self.conn.key_name.as_deref(),
+            expiry,
+        )?)
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Result<Reply> {
+        let url = format!("{}{path}?api-version=2021-10-01", self.base);
+        let mut req = self
+            .client
+            .request(method.clone(), &url)
+            .header("authorization", self.token()?)
+            .header("accept", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.context("reading the response")?;
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        if !status.is_success() {
+            let message = body
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| body.to_string(), str::to_owned);
+            let code = body
+                .get("errorCode")
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            bail!(
+                "{method} {path}: HTTP {} {code}: {message}",
+                status.as_u16()
+            );
+        }
+        Ok(Reply { body, headers })
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self.call(Method::GET, path, None, &[]).await?.body)
+    }
+
+    /// All pages of a query.
+    pub(crate) async fn query_all(&self, path: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut headers = vec![("x-ms-max-item-count", "100".to_owned())];
+            if let Some(c) = &continuation {
+                headers.push(("x-ms-continuation", c.clone()));
+            }
+            let reply = self
+                .call(
+                    Method::POST,
+                    path,
+                    Some(&serde_json::json!({"query": "*"})),
+                    &headers,
+                )
+                .await?;
+            if let Value::Array(items) = reply.body {
+                out.extend(items);
+            }
+            continuation = reply
+                .headers
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if continuation.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Percent-encode a path segment.
+pub(crate) fn seg(s: &str) -> String {
+    muster_auth::sas::percent_encode(s)
+}

@@ -1,0 +1,211 @@
+//! `muster serve`, `muster info`, `muster config default`.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use muster_server::bootstrap::{Paths, State};
+use muster_server::config::{Config, DEFAULT_CONFIG};
+use serde_json::Value;
+
+use crate::cli::ServeArgs;
+
+/// Written by `serve` so `info` and the management commands find the running server.
+const ENDPOINT_FILE: &str = "endpoint.json";
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+}
+
+/// Defaults ← `--config` file ← flags.
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Config::from_toml(&text).with_context(|| path.display().to_string())?
+        }
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        config.data_dir.clone_from(d);
+    }
+    if let Some(b) = args.bind {
+        config.bind = b;
+    }
+    if let Some(p) = args.mqtt_port {
+        config.mqtt_port = p;
+    }
+    if let Some(p) = args.https_port {
+        config.https_port = p;
+    }
+    if !args.hostnames.is_empty() {
+        config.hostnames.clone_from(&args.hostnames);
+    }
+    config.check()?;
+    Ok(config)
+}
+
+pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
+    init_logging();
+    let config = load_config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let running = muster_server::start(config.clone()).await?;
+        let endpoint = serde_json::json!({
+            "hostnames": config.hostnames,
+            "bind": config.bind.to_string(),
+            "mqttPort": running.mqtt_addr.port(),
+            "httpsPort": running.https_addr.port(),
+        });
+        let path = config.data_dir.join(ENDPOINT_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(&endpoint)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let token = running.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            token.cancel();
+        });
+        running.wait().await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The server's identity and endpoint as recorded in its data directory.
+pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
+    let paths = Paths {
+        dir: data_dir.to_path_buf(),
+    };
+    let text = std::fs::read_to_string(paths.state()).with_context(|| {
+        format!(
+            "{} not found: start the server once with `muster serve --data-dir {}`",
+            paths.state().display(),
+            data_dir.display()
+        )
+    })?;
+    let state: State =
+        serde_json::from_str(&text).with_context(|| paths.state().display().to_string())?;
+    let mut config = Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
+    let mut mqtt_port = config.mqtt_port;
+    let mut https_port = config.https_port;
+    if let Ok(text) = std::fs::read_to_string(data_dir.join(ENDPOINT_FILE))
+        && let Ok(endpoint) = serde_json::from_str::<Value>(&text)
+    {
+        if let Some(h) = field(&endpoint, "hostnames").as_array() {
+            config.hostnames = h
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+        }
+        if let Some(b) = field(&endpoint, "bind")
+            .as_str()
+            .and_then(|b| b.parse().ok())
+        {
+            config.bind = b;
+        }
+        mqtt_port = field(&endpoint, "mqttPort")
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(mqtt_port);
+        https_port = field(&endpoint, "httpsPort")
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(https_port);
+    }
+    Ok(muster_server::info(
+        &config, &paths, &state, mqtt_port, https_port,
+    ))
+}
+
+pub(crate) fn info(data_dir: &Path, json: bool) -> Result<()> {
+    let info = local_info(data_dir)?;
+    if json {
+        println!("{}", serde_json::to_string(&info)?);
+    } else {
+        println!(
+            "ID scope            {}",
+            field(&info, "idScope").as_str().unwrap_or_default()
+        );
+        println!(
+            "provisioning host   {}",
+            field(&info, "hostname").as_str().unwrap_or_default()
+        );
+        println!(
+            "MQTT (devices)      {}:{}",
+            field(&info, "bind").as_str().unwrap_or_default(),
+            field(&info, "mqttPort")
+        );
+        println!(
+            "HTTPS (REST)        {}:{}",
+            field(&info, "bind").as_str().unwrap_or_default(),
+            field(&info, "httpsPort")
+        );
+        println!(
+            "trust bundle        {}",
+            field(&info, "trustBundle").as_str().unwrap_or_default()
+        );
+        println!(
+            "hub connection      {}",
+            field(&info, "hubConnectionString")
+                .as_str()
+                .unwrap_or_default()
+        );
+        println!(
+            "DPS connection      {}",
+            field(&info, "dpsConnectionString")
+                .as_str()
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// A field of a JSON object, or `null`.
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    static NULL: Value = Value::Null;
+    v.get(key).unwrap_or(&NULL)
+}
+
+pub(crate) fn config_default() {
+    print!("{DEFAULT_CONFIG}");
+}
