@@ -23,8 +23,18 @@ pub(crate) struct Outcome {
 /// Operation id → outcome.
 #[derive(Debug, Default)]
 pub(crate) struct Operations {
-    inner: Mutex<HashMap<String, (Instant, Outcome)>>,
+    inner: Mutex<Table>,
 }
+
+#[derive(Debug, Default)]
+struct Table {
+    map: HashMap<String, (Instant, Outcome)>,
+    /// Inserts since the last sweep: expired entries are swept every `SWEEP_EVERY` inserts,
+    /// so the cost stays O(1) amortised however many operations are outstanding.
+    since_sweep: usize,
+}
+
+const SWEEP_EVERY: usize = 4096;
 
 impl Operations {
     /// A new operation id (`4.<16 hex>.<32 hex>`: unreserved characters only, as the Python
@@ -44,18 +54,20 @@ impl Operations {
     /// Store `outcome` under `id`.
     pub(crate) fn insert(&self, id: &str, outcome: Outcome) {
         let now = Instant::now();
-        if let Ok(mut map) = self.inner.lock() {
-            if map.len() > 1024 {
-                map.retain(|_, (t, _)| now.duration_since(*t) < TTL);
+        if let Ok(mut table) = self.inner.lock() {
+            table.since_sweep += 1;
+            if table.since_sweep >= SWEEP_EVERY {
+                table.since_sweep = 0;
+                table.map.retain(|_, (t, _)| now.duration_since(*t) < TTL);
             }
-            map.insert(id.to_owned(), (now, outcome));
+            table.map.insert(id.to_owned(), (now, outcome));
         }
     }
 
     /// The outcome of `id` if it exists, is fresh and belongs to `registration_id`.
     pub(crate) fn get(&self, id: &str, registration_id: &str) -> Option<Outcome> {
-        let map = self.inner.lock().ok()?;
-        let (t, outcome) = map.get(id)?;
+        let table = self.inner.lock().ok()?;
+        let (t, outcome) = table.map.get(id)?;
         (t.elapsed() < TTL
             && outcome
                 .registration_id

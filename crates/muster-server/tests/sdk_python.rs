@@ -31,7 +31,9 @@ fn python() -> Option<String> {
     match std::env::var("MUSTER_SDK_PYTHON") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
-            eprintln!("SKIPPED: set MUSTER_SDK_PYTHON to a python with azure-iot-device (tests/sdk/setup.sh prints it; .ci/run sets it)");
+            eprintln!(
+                "SKIPPED: set MUSTER_SDK_PYTHON to a python with azure-iot-device (tests/sdk/setup.sh prints it; .ci/run sets it)"
+            );
             None
         }
     }
@@ -43,10 +45,19 @@ fn sdk_script(name: &str) -> String {
 
 /// Run a harness script; returns its one JSON line.
 fn run(python: &str, script: &str, args: &[&str]) -> Value {
-    let out = Command::new(python).arg(sdk_script(script)).args(args).output().unwrap();
+    let out = Command::new(python)
+        .arg(sdk_script(script))
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|_| panic!("harness output: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "harness output: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 async fn server_on(last_octet: u8) -> TestServer {
@@ -85,8 +96,16 @@ async fn python_sdk_provisions_x509_devices() {
     let host = "127.0.0.11";
     let scope = server.id_scope();
     let cases = [
-        ("device-1", format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem), pki.leaf.key_pem.clone()),
-        ("device-direct", pki.leaf_from_root.pem.clone(), pki.leaf_from_root.key_pem.clone()),
+        (
+            "device-1",
+            format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem),
+            pki.leaf.key_pem.clone(),
+        ),
+        (
+            "device-direct",
+            pki.leaf_from_root.pem.clone(),
+            pki.leaf_from_root.key_pem.clone(),
+        ),
     ];
     for (id, chain, key) in cases {
         let cert = write(&dir, &format!("{id}.pem"), &chain);
@@ -94,10 +113,26 @@ async fn python_sdk_provisions_x509_devices() {
         let result = tokio::task::spawn_blocking({
             let (py, scope, trust) = (py.clone(), scope.clone(), trust.clone());
             move || {
-                run(&py, "provision_x509.py", &[
-                    "--host", host, "--id-scope", &scope, "--registration-id", id, "--cert", &cert, "--key", &key, "--trust", &trust,
-                    "--timeout", "60",
-                ])
+                run(
+                    &py,
+                    "provision_x509.py",
+                    &[
+                        "--host",
+                        host,
+                        "--id-scope",
+                        &scope,
+                        "--registration-id",
+                        id,
+                        "--cert",
+                        &cert,
+                        "--key",
+                        &key,
+                        "--trust",
+                        &trust,
+                        "--timeout",
+                        "60",
+                    ],
+                )
             }
         })
         .await
@@ -111,17 +146,46 @@ async fn python_sdk_provisions_x509_devices() {
 
     // Disable the group: the SDK reports the refusal as an error caused by a 401.
     let rest = server.rest();
-    let mut g = rest.ok(Method::GET, "/enrollmentGroups/simulated-devices", None, &[]).await;
+    let mut g = rest
+        .ok(
+            Method::GET,
+            "/enrollmentGroups/simulated-devices",
+            None,
+            &[],
+        )
+        .await;
     g["provisioningStatus"] = json!("disabled");
     g.as_object_mut().unwrap().remove("etag");
-    rest.ok(Method::PUT, "/enrollmentGroups/simulated-devices", Some(g), &[]).await;
+    rest.ok(
+        Method::PUT,
+        "/enrollmentGroups/simulated-devices",
+        Some(g),
+        &[],
+    )
+    .await;
     let cert = dir.join("device-1.pem").display().to_string();
     let key = dir.join("device-1.key.pem").display().to_string();
     let result = tokio::task::spawn_blocking(move || {
-        run(&py, "provision_x509.py", &[
-            "--host", host, "--id-scope", &scope, "--registration-id", "device-1", "--cert", &cert, "--key", &key, "--trust", &trust,
-            "--timeout", "30",
-        ])
+        run(
+            &py,
+            "provision_x509.py",
+            &[
+                "--host",
+                host,
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "device-1",
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--trust",
+                &trust,
+                "--timeout",
+                "30",
+            ],
+        )
     })
     .await
     .unwrap();
@@ -130,8 +194,17 @@ async fn python_sdk_provisions_x509_devices() {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl on PATH");
-    assert!(out.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,10 +218,66 @@ async fn python_sdk_provisions_an_openssl_lab_profile_device() {
     )
     .unwrap();
     openssl(&dir, &["genrsa", "-out", "root.key", "4096"]);
-    openssl(&dir, &["req", "-new", "-x509", "-config", "lab.cnf", "-extensions", "v3_ca", "-key", "root.key", "-subj", "/CN=Azure IoT Hub CA Cert Test Only", "-days", "30", "-sha256", "-out", "root.pem"]);
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-config",
+            "lab.cnf",
+            "-extensions",
+            "v3_ca",
+            "-key",
+            "root.key",
+            "-subj",
+            "/CN=Azure IoT Hub CA Cert Test Only",
+            "-days",
+            "30",
+            "-sha256",
+            "-out",
+            "root.pem",
+        ],
+    );
     openssl(&dir, &["genrsa", "-out", "dev.key", "2048"]);
-    openssl(&dir, &["req", "-new", "-config", "lab.cnf", "-key", "dev.key", "-subj", "/CN=lab-device-1", "-out", "dev.csr"]);
-    openssl(&dir, &["x509", "-req", "-in", "dev.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial", "-extfile", "lab.cnf", "-extensions", "usr_cert", "-days", "30", "-sha256", "-out", "dev.pem"]);
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-config",
+            "lab.cnf",
+            "-key",
+            "dev.key",
+            "-subj",
+            "/CN=lab-device-1",
+            "-out",
+            "dev.csr",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "dev.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-extfile",
+            "lab.cnf",
+            "-extensions",
+            "usr_cert",
+            "-days",
+            "30",
+            "-sha256",
+            "-out",
+            "dev.pem",
+        ],
+    );
     let root_pem = std::fs::read_to_string(dir.join("root.pem")).unwrap();
     let root_key = std::fs::read_to_string(dir.join("root.key")).unwrap();
     x509_group(&server, &root_pem, &root_key).await;
@@ -157,10 +286,26 @@ async fn python_sdk_provisions_an_openssl_lab_profile_device() {
     let cert = dir.join("dev.pem").display().to_string();
     let key = dir.join("dev.key").display().to_string();
     let result = tokio::task::spawn_blocking(move || {
-        run(&py, "provision_x509.py", &[
-            "--host", "127.0.0.12", "--id-scope", &scope, "--registration-id", "lab-device-1", "--cert", &cert, "--key", &key, "--trust",
-            &trust, "--timeout", "60",
-        ])
+        run(
+            &py,
+            "provision_x509.py",
+            &[
+                "--host",
+                "127.0.0.12",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "lab-device-1",
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--trust",
+                &trust,
+                "--timeout",
+                "60",
+            ],
+        )
     })
     .await
     .unwrap();
@@ -173,17 +318,47 @@ async fn python_sdk_provisions_with_a_group_symmetric_key() {
     let Some(py) = python() else { return };
     let server = server_on(13).await;
     let rest = server.rest();
-    rest.ok(Method::PUT, "/enrollmentGroups/sas-group", Some(json!({"attestation": {"type": "symmetricKey"}})), &[]).await;
-    let att = rest.ok(Method::POST, "/enrollmentGroups/sas-group/attestationmechanism", None, &[]).await;
-    let group_key = att["symmetricKey"]["primaryKey"].as_str().unwrap().to_owned();
+    rest.ok(
+        Method::PUT,
+        "/enrollmentGroups/sas-group",
+        Some(json!({"attestation": {"type": "symmetricKey"}})),
+        &[],
+    )
+    .await;
+    let att = rest
+        .ok(
+            Method::POST,
+            "/enrollmentGroups/sas-group/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    let group_key = att["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let scope = server.id_scope();
     let trust = server.data_dir().join("tls/ca.pem").display().to_string();
     let (py2, scope2, trust2) = (py.clone(), scope.clone(), trust.clone());
     let result = tokio::task::spawn_blocking(move || {
-        run(&py2, "provision_symmetric_key.py", &[
-            "--host", "127.0.0.13", "--id-scope", &scope2, "--registration-id", "sensor-1", "--group-key", &group_key, "--trust", &trust2,
-            "--timeout", "60",
-        ])
+        run(
+            &py2,
+            "provision_symmetric_key.py",
+            &[
+                "--host",
+                "127.0.0.13",
+                "--id-scope",
+                &scope2,
+                "--registration-id",
+                "sensor-1",
+                "--group-key",
+                &group_key,
+                "--trust",
+                &trust2,
+                "--timeout",
+                "60",
+            ],
+        )
     })
     .await
     .unwrap();
@@ -191,10 +366,24 @@ async fn python_sdk_provisions_with_a_group_symmetric_key() {
     assert_eq!(result["deviceId"], "sensor-1");
     // A key that is not derived from the group key is refused.
     let result = tokio::task::spawn_blocking(move || {
-        run(&py, "provision_symmetric_key.py", &[
-            "--host", "127.0.0.13", "--id-scope", &scope, "--registration-id", "sensor-2", "--symmetric-key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "--trust", &trust,
-            "--timeout", "30",
-        ])
+        run(
+            &py,
+            "provision_symmetric_key.py",
+            &[
+                "--host",
+                "127.0.0.13",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "sensor-2",
+                "--symmetric-key",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                "--trust",
+                &trust,
+                "--timeout",
+                "30",
+            ],
+        )
     })
     .await
     .unwrap();

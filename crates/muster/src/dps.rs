@@ -403,9 +403,16 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
                 .body;
             print(output, &r, |r| {
                 group_row(r);
-                println!(
-                    "\nNext: create a device certificate under its CA and run the device:\n  muster certs create-device-cert <DEVICE_ID>"
-                );
+                if s(r, "/attestation/type") == "x509" {
+                    println!(
+                        "\nNext: create a device certificate under its CA and run the device:\n  muster certs create-device-cert <DEVICE_ID>"
+                    );
+                } else {
+                    println!(
+                        "\nNext: read the group key with `muster dps enrollment-group show --enrollment-id {} --show-keys`;\neach device signs with base64(HMAC-SHA256(groupKey, registrationId)).",
+                        s(r, "/enrollmentGroupId")
+                    );
+                }
             });
         }
         GroupCommand::Update {

@@ -1,0 +1,250 @@
+//! The official Azure IoT Node SDKs (unmodified) against muster: the provisioning device
+//! client over MQTT and HTTPS with X.509 and a group symmetric key, a refusal, and the
+//! provisioning service client managing an enrollment group.
+//!
+//! Needs Node ≥ 20 and the harness in `tests/sdk/node` installed (`tests/sdk/node/setup.sh`);
+//! `.ci/run` does that and sets `MUSTER_SDK_NODE` to the harness folder. Without the variable
+//! these tests are skipped (and say so). Node's DPS-over-HTTPS and service clients only reach
+//! port 443, so each test binds its own loopback address on 443 and 8883 (root is needed).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "a test fails loudly and explains skips"
+)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use common::TestServer;
+use muster_server::config::Config;
+use muster_test_support::Pki;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn harness() -> Option<String> {
+    match std::env::var("MUSTER_SDK_NODE") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            eprintln!(
+                "SKIPPED: set MUSTER_SDK_NODE to tests/sdk/node after running its setup.sh (.ci/run does)"
+            );
+            None
+        }
+    }
+}
+
+async fn server_on(last_octet: u8) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let bind = IpAddr::from([127, 0, 0, last_octet]);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        bind,
+        mqtt_port: 8883,
+        https_port: 443,
+        hostnames: vec!["localhost".into()],
+        ..Config::default()
+    };
+    let running = muster_server::start(config.clone()).await.unwrap();
+    TestServer {
+        running,
+        dir,
+        config,
+    }
+}
+
+fn node(dir: &str, script: &str, ca: &str, args: &[String]) -> Value {
+    let out = Command::new("node")
+        .arg(format!("{dir}/{script}"))
+        .args(args)
+        .env("NODE_EXTRA_CA_CERTS", ca)
+        .output()
+        .expect("node on PATH");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "harness output: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_provisions_over_mqtt_and_https() {
+    let Some(dir) = harness() else { return };
+    let server = server_on(21).await;
+    let host = "127.0.0.21";
+    let pki = Pki::new();
+    let rest = server.rest();
+    rest.upload_verified_ca("root-ca", &pki.root.cert.pem, &pki.root.cert.key_pem)
+        .await;
+    rest.ok(Method::PUT, "/enrollmentGroups/grp", Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "root-ca"}}}})), &[]).await;
+    rest.ok(
+        Method::PUT,
+        "/enrollmentGroups/sas",
+        Some(json!({"attestation": {"type": "symmetricKey"}})),
+        &[],
+    )
+    .await;
+    let att = rest
+        .ok(
+            Method::POST,
+            "/enrollmentGroups/sas/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    let group_key = att["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let work = server.dir.path().to_path_buf();
+    let cert = work.join("device-1.pem");
+    std::fs::write(
+        &cert,
+        format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem),
+    )
+    .unwrap();
+    let key = work.join("device-1.key.pem");
+    std::fs::write(&key, &pki.leaf.key_pem).unwrap();
+    let ca = server.data_dir().join("tls/ca.pem").display().to_string();
+    let scope = server.id_scope();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+
+    let results = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for transport in ["mqtt", "http"] {
+            let x509 = node(
+                &dir,
+                "provision.js",
+                &ca,
+                &strings(&[
+                    "--transport",
+                    transport,
+                    "--host",
+                    host,
+                    "--id-scope",
+                    &scope,
+                    "--registration-id",
+                    "device-1",
+                    "--cert",
+                    &cert,
+                    "--key",
+                    &key,
+                    "--timeout",
+                    "60",
+                ]),
+            );
+            let sas = node(
+                &dir,
+                "provision.js",
+                &ca,
+                &strings(&[
+                    "--transport",
+                    transport,
+                    "--host",
+                    host,
+                    "--id-scope",
+                    &scope,
+                    "--registration-id",
+                    &format!("sensor-{transport}"),
+                    "--group-key",
+                    &group_key,
+                    "--timeout",
+                    "60",
+                ]),
+            );
+            let refused = node(
+                &dir,
+                "provision.js",
+                &ca,
+                &strings(&[
+                    "--transport",
+                    transport,
+                    "--host",
+                    host,
+                    "--id-scope",
+                    &scope,
+                    "--registration-id",
+                    "not-device-1",
+                    "--cert",
+                    &cert,
+                    "--key",
+                    &key,
+                    "--timeout",
+                    "30",
+                ]),
+            );
+            out.push((transport, x509, sas, refused));
+        }
+        out
+    })
+    .await
+    .unwrap();
+    for (transport, x509, sas, refused) in results {
+        assert_eq!(x509["ok"], true, "{transport} x509: {x509}");
+        assert_eq!(x509["status"], "assigned");
+        assert_eq!(x509["deviceId"], "device-1");
+        assert_eq!(x509["assignedHub"], "localhost");
+        assert_eq!(sas["ok"], true, "{transport} sas: {sas}");
+        assert_eq!(sas["deviceId"], format!("sensor-{transport}"));
+        assert_eq!(refused["ok"], false, "{transport} refusal: {refused}");
+        assert_eq!(
+            refused["error"], "UnauthorizedError",
+            "{transport}: {refused}"
+        );
+        assert_eq!(refused["status"], 401_002, "{transport}: {refused}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_service_sdk_manages_enrollment_groups() {
+    let Some(dir) = harness() else { return };
+    let server = server_on(22).await;
+    let pki = Pki::new();
+    server
+        .rest()
+        .upload_verified_ca("root-ca", &pki.root.cert.pem, &pki.root.cert.key_pem)
+        .await;
+    let policy = server.running.info["dpsConnectionString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The SDK only reaches port 443: the server's HostName has no port; point it at our address.
+    let cs = policy.replace("HostName=localhost", "HostName=127.0.0.22");
+    let ca = server.data_dir().join("tls/ca.pem").display().to_string();
+    let result = tokio::task::spawn_blocking(move || {
+        node(
+            &dir,
+            "service.js",
+            &ca,
+            &strings(&[
+                "--connection-string",
+                &cs,
+                "--group-id",
+                "node-group",
+                "--ca-name",
+                "root-ca",
+                "--timeout",
+                "60",
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["updated"]["provisioningStatus"], "disabled");
+    assert_eq!(result["staleEtagStatus"], 412, "{result}");
+    assert_eq!(result["deleted"], true);
+    assert_eq!(result["getAfterDeleteStatus"], 404);
+}
