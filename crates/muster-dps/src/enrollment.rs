@@ -159,6 +159,7 @@ impl Dps {
         policy: AllocationPolicy,
         hubs: &[String],
         legacy: Option<&str>,
+        custom: Option<&Value>,
     ) -> Result<(), DpsError> {
         for h in hubs.iter().map(String::as_str).chain(legacy) {
             if self.hub(h).is_none() {
@@ -175,9 +176,21 @@ impl Dps {
             }
         }
         match policy {
-            AllocationPolicy::Custom => Err(invalid(
-                "custom allocation (webhooks) is not supported by this server yet; use hashed, geoLatency or static",
-            )),
+            AllocationPolicy::Custom => {
+                if self.allocator.is_none() {
+                    return Err(invalid("custom allocation is not enabled on this server"));
+                }
+                let url = custom
+                    .and_then(|c| c.get("webhookUrl"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(invalid(
+                        "custom allocation needs customAllocationDefinition.webhookUrl (an http or https URL)",
+                    ));
+                }
+                Ok(())
+            }
             AllocationPolicy::Static if hubs.len() > 1 => Err(invalid(
                 "static allocation needs exactly one hub in iotHubs",
             )),
@@ -279,6 +292,7 @@ impl Dps {
             group.allocation_policy,
             &group.iot_hubs,
             group.iot_hub_host_name.as_deref(),
+            group.custom_allocation_definition.as_ref(),
         )?;
         check_twin(group.initial_twin.as_ref())?;
         let existing = self.store.get(Collection::EnrollmentGroups, id).await?;
@@ -468,6 +482,7 @@ impl Dps {
             e.allocation_policy,
             &e.iot_hubs,
             e.iot_hub_host_name.as_deref(),
+            e.custom_allocation_definition.as_ref(),
         )?;
         check_twin(e.initial_twin.as_ref())?;
         let existing = self

@@ -28,6 +28,12 @@ pub enum DpsError {
         /// Why (never contains secrets).
         reason: String,
     },
+    /// The custom-allocation webhook failed; the registration ends as `failed`.
+    #[error("custom allocation failed: {reason}")]
+    AllocationFailed {
+        /// Why (status, timeout, bad reply); shown to the device as `errorMessage`.
+        reason: String,
+    },
     /// Too many requests.
     #[error("too many requests; retry after {retry_after_secs} s")]
     Throttled {
@@ -56,7 +62,7 @@ impl DpsError {
     #[must_use]
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidInput(_) => 400,
+            Self::InvalidInput(_) | Self::AllocationFailed { .. } => 400,
             Self::Unauthorized { .. } => 401,
             Self::NotFound { .. } => 404,
             Self::Conflict(_) => 409,
@@ -71,6 +77,7 @@ impl DpsError {
     pub fn code(&self) -> u32 {
         match self {
             Self::InvalidInput(_) => 400_004,
+            Self::AllocationFailed { .. } => 400_209,
             Self::Unauthorized { .. } => 401_002,
             Self::NotFound { .. } => 404_201,
             Self::Conflict(_) => 409_201,

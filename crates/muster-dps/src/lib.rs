@@ -11,12 +11,14 @@
 //! - [`error`]: [`DpsError`] with Azure's numeric codes.
 //! - [`ca`]: CA certificates: upload, verification code, proof of possession.
 //! - [`enrollment`]: validation and storage of groups and individual enrollments.
+//! - [`custom`]: the custom-allocation webhook contract ([`custom::CustomAllocator`]).
 //! - [`registration`]: attestation, allocation and the writes that provision a device.
 //! - [`hub_docs`]: the device-identity and twin documents provisioning writes into a hub's
 //!   registry (the hub crate reads and extends them).
 //! - [`time_fmt`]: Azure's timestamp format.
 
 pub mod ca;
+pub mod custom;
 pub mod enrollment;
 pub mod error;
 pub mod hub_docs;
@@ -57,6 +59,7 @@ pub struct Dps {
     store: Arc<dyn Store>,
     config: Arc<DpsConfig>,
     clock: Clock,
+    allocator: Option<Arc<dyn custom::CustomAllocator>>,
 }
 
 impl std::fmt::Debug for Dps {
@@ -81,7 +84,16 @@ impl Dps {
             store,
             config: Arc::new(config),
             clock,
+            allocator: None,
         }
+    }
+
+    /// Enable custom allocation through `allocator` (without one, `custom` enrollments are
+    /// refused at creation).
+    #[must_use]
+    pub fn with_allocator(mut self, allocator: Arc<dyn custom::CustomAllocator>) -> Self {
+        self.allocator = Some(allocator);
+        self
     }
 
     /// The configuration.

@@ -64,9 +64,39 @@ struct Rules<'a> {
     iot_edge: bool,
     device_id: String,
     group_id: Option<&'a str>,
+    custom: Option<&'a Value>,
 }
 
 impl Source {
+    /// The enrollment as a custom-allocation webhook sees it: keys and certificate text removed.
+    fn webhook_view(&self) -> (&'static str, Value) {
+        let (kind, mut v) = match self {
+            Self::Group(g) => (
+                "enrollmentGroup",
+                serde_json::to_value(g.as_ref()).unwrap_or(Value::Null),
+            ),
+            Self::Individual(e) => (
+                "individualEnrollment",
+                serde_json::to_value(e.as_ref()).unwrap_or(Value::Null),
+            ),
+        };
+        if let Some(a) = v.get_mut("attestation").and_then(Value::as_object_mut) {
+            a.remove("symmetricKey");
+            if let Some(x) = a.get_mut("x509").and_then(Value::as_object_mut) {
+                for set in ["clientCertificates", "signingCertificates"] {
+                    if let Some(c) = x.get_mut(set).and_then(Value::as_object_mut) {
+                        for slot in ["primary", "secondary"] {
+                            if let Some(s) = c.get_mut(slot).and_then(Value::as_object_mut) {
+                                s.remove("certificate");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (kind, v)
+    }
+
     fn rules(&self, registration_id: &str) -> Rules<'_> {
         match self {
             Self::Group(g) => Rules {
@@ -78,6 +108,7 @@ impl Source {
                 iot_edge: g.capabilities.iot_edge,
                 device_id: registration_id.to_owned(),
                 group_id: Some(&g.enrollment_group_id),
+                custom: g.custom_allocation_definition.as_ref(),
             },
             Self::Individual(e) => Rules {
                 policy: e.reprovision_policy,
@@ -91,6 +122,7 @@ impl Source {
                     .clone()
                     .unwrap_or_else(|| registration_id.to_owned()),
                 group_id: None,
+                custom: e.custom_allocation_definition.as_ref(),
             },
         }
     }
@@ -439,8 +471,22 @@ impl Dps {
         } else {
             rules.hubs.iter().filter_map(|h| self.hub(h)).collect()
         };
+        let mut decision: Option<crate::custom::Decision> = None;
         let hub = match (&previous_hub, rules.policy.update_hub_assignment) {
             (Some(prev), false) => prev.clone(),
+            _ if rules.allocation == AllocationPolicy::Custom => {
+                let d = self
+                    .custom_allocate(&attested, &rules, request, previous.as_ref(), &candidates)
+                    .await?;
+                let hub = self
+                    .hub(&d.hub)
+                    .cloned()
+                    .ok_or_else(|| DpsError::AllocationFailed {
+                        reason: format!("hub '{}' is not hosted here", d.hub),
+                    })?;
+                decision = Some(d);
+                hub
+            }
             _ => allocate(rules.allocation, &candidates, registration_id)
                 .cloned()
                 .ok_or_else(|| {
@@ -485,8 +531,15 @@ impl Dps {
             rules.iot_edge,
             now,
         );
-        let initial = || {
-            hub_docs::twin(
+        let webhook_twin = decision.as_ref().and_then(|d| d.initial_twin.as_ref());
+        let initial = || match webhook_twin {
+            Some(t) => hub_docs::twin(
+                &rules.device_id,
+                t.get("tags"),
+                t.get("properties").and_then(|p| p.get("desired")),
+                now,
+            ),
+            None => hub_docs::twin(
                 &rules.device_id,
                 rules.twin.and_then(|t| t.tags.as_ref()),
                 rules
@@ -494,7 +547,7 @@ impl Dps {
                     .and_then(|t| t.properties.as_ref())
                     .and_then(|p| p.desired.as_ref()),
                 now,
-            )
+            ),
         };
         let twin = if reset {
             Some(initial())
@@ -523,7 +576,12 @@ impl Dps {
             error_message: None,
             last_updated_date_time_utc: Some(stamp),
             etag: None,
-            payload: request.payload.clone().filter(|p| !p.is_null()),
+            // A webhook's payload is what Azure returns to the device; otherwise the device's own
+            // payload is echoed so operators can see what it sent.
+            payload: match decision.as_ref() {
+                Some(d) => d.payload.clone(),
+                None => request.payload.clone().filter(|p| !p.is_null()),
+            },
             x509: None,
             symmetric_key: None,
         };
@@ -601,6 +659,63 @@ impl Dps {
         };
         state.etag = etags.last().cloned();
         Ok(state)
+    }
+
+    async fn custom_allocate(
+        &self,
+        attested: &Attested,
+        rules: &Rules<'_>,
+        request: &RegistrationRequest<'_>,
+        previous: Option<&RegistrationState>,
+        candidates: &[&Hub],
+    ) -> Result<crate::custom::Decision, DpsError> {
+        let failed = |reason: String| {
+            warn!(
+                registration_id = request.registration_id,
+                reason, "custom allocation failed"
+            );
+            DpsError::AllocationFailed { reason }
+        };
+        let allocator = self
+            .allocator
+            .as_ref()
+            .ok_or_else(|| failed("custom allocation is not enabled".into()))?;
+        let url = rules
+            .custom
+            .and_then(|c| c.get("webhookUrl"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| failed("the enrollment has no webhookUrl".into()))?;
+        let api_version = rules
+            .custom
+            .and_then(|c| c.get("apiVersion"))
+            .and_then(Value::as_str);
+        let linked: Vec<String> = candidates.iter().map(|h| h.hostname.clone()).collect();
+        let (kind, enrollment) = attested.source.webhook_view();
+        let mut context = json!({
+            "registrationId": request.registration_id,
+            "currentIotHubHostName": previous.and_then(|p| p.assigned_hub.clone()),
+            "currentDeviceId": previous.and_then(|p| p.device_id.clone()),
+            "payload": request.payload.clone().unwrap_or(Value::Null),
+        });
+        if let Some(o) = context.as_object_mut() {
+            match &attested.auth {
+                DeviceAuth::SelfSigned { .. } => {
+                    o.insert(
+                        "x509".into(),
+                        json!({"certificateInfo": attested.leaf_info}),
+                    );
+                }
+                DeviceAuth::Sas { .. } => {
+                    o.insert("symmetricKey".into(), json!({}));
+                }
+            }
+        }
+        let body = json!({kind: enrollment, "deviceRuntimeContext": context, "linkedHubs": linked});
+        let reply = allocator
+            .call(url, api_version, &body, crate::custom::WEBHOOK_TIMEOUT)
+            .await
+            .map_err(failed)?;
+        crate::custom::decision(&reply, &linked).map_err(failed)
     }
 
     /// One registration record.

@@ -117,6 +117,34 @@ pub(crate) async fn register(
                 retry_after: Some(retry_after),
             }
         }
+        Err(DpsError::AllocationFailed { reason }) => {
+            // Azure's shape: the operation ends `failed`, with the reason in the state.
+            let op = Operations::new_id();
+            let failed = json!({
+                "operationId": op,
+                "status": "failed",
+                "registrationState": {
+                    "registrationId": registration_id,
+                    "status": "failed",
+                    "errorCode": 400_209,
+                    "errorMessage": format!("Custom allocation failed: {reason}"),
+                    "lastUpdatedDateTimeUtc": muster_dps::time_fmt::azure(time::OffsetDateTime::now_utc()),
+                },
+            });
+            operations.insert(
+                &op,
+                Outcome {
+                    registration_id: registration_id.to_owned(),
+                    status: 200,
+                    body: failed,
+                },
+            );
+            Reply {
+                status: 202,
+                body: json!({"operationId": op, "status": "assigning"}),
+                retry_after: Some(retry_after),
+            }
+        }
         Err(e) => error_reply(&e),
     }
 }

@@ -11,7 +11,7 @@
 //! - `mqtt`: the MQTT listener, connection (cancel-safe, bounded) and the DPS session.
 //! - `rest`: the axum router: DPS service API, DPS device API over HTTPS, SAS auth, errors.
 //! - `device_api`: register/poll shared by both transports; `operations`: results awaiting a poll.
-//! - `json`: ASCII-only JSON for device responses.
+//! - `json`: ASCII-only JSON for device responses; `webhook`: the HTTP client for custom allocation.
 //!
 //! # Ownership
 //! [`Context`] is built once and shared read-only (`Arc`); the only mutable shared state is the
@@ -25,6 +25,7 @@ mod mqtt;
 mod operations;
 mod rest;
 pub mod tls;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,13 +153,20 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             weight: 1,
         })
         .collect();
+    let allocator = webhook::HttpAllocator::new(Some(&read(&paths.ca())?)).map_err(|reason| {
+        ServerError::Io {
+            path: paths.ca().display().to_string(),
+            source: std::io::Error::other(reason),
+        }
+    })?;
     let dps = Dps::new(
         store,
         DpsConfig {
             id_scope: state.id_scope.clone(),
             hubs,
         },
-    );
+    )
+    .with_allocator(Arc::new(allocator));
     let mut resource_hosts: Vec<String> = bootstrap::server_names(&config)
         .iter()
         .map(|h| h.to_ascii_lowercase())
