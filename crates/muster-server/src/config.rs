@@ -41,6 +41,9 @@ shutdown_grace = "5s"
 [dps]
 # Seconds a device is told to wait before polling a registration (retry-after).
 retry_after = 1
+# Registrations accepted per second for the ID scope; more are answered 429 with retry-after
+# (the SDKs retry). 0 = no limit.
+rate_limit = 0
 "#;
 
 /// Listener and resource limits.
@@ -79,11 +82,16 @@ impl Default for Limits {
 pub struct DpsSettings {
     /// `retry-after` seconds.
     pub retry_after: u32,
+    /// Registrations per second (0 = unlimited).
+    pub rate_limit: u32,
 }
 
 impl Default for DpsSettings {
     fn default() -> Self {
-        Self { retry_after: 1 }
+        Self {
+            retry_after: 1,
+            rate_limit: 0,
+        }
     }
 }
 
@@ -226,6 +234,7 @@ mod tests {
         assert_eq!(parsed.limits.connect_timeout, def.limits.connect_timeout);
         assert_eq!(parsed.limits.max_packet_size, def.limits.max_packet_size);
         assert_eq!(parsed.dps.retry_after, def.dps.retry_after);
+        assert_eq!(parsed.dps.rate_limit, def.dps.rate_limit);
     }
 
     #[test]

@@ -64,11 +64,21 @@ pub(crate) fn error_reply(e: &DpsError) -> Reply {
 pub(crate) async fn register(
     dps: &Dps,
     operations: &Operations,
+    limit: Option<&crate::operations::RateLimit>,
     retry_after: u32,
     registration_id: &str,
     credential: Credential<'_>,
     body: &[u8],
 ) -> Reply {
+    if limit.is_some_and(|l| !l.try_acquire()) {
+        warn!(
+            registration_id,
+            "registration throttled by the scope's rate limit"
+        );
+        return error_reply(&DpsError::Throttled {
+            retry_after_secs: retry_after.max(1),
+        });
+    }
     let parsed: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

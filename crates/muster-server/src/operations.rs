@@ -75,3 +75,50 @@ impl Operations {
         .then(|| outcome.clone())
     }
 }
+
+/// A token bucket: `rate` registrations per second with a one-second burst.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    /// `None` when `per_second` is 0 (no limit).
+    pub(crate) fn new(per_second: u32) -> Option<Self> {
+        (per_second > 0).then(|| Self {
+            rate: f64::from(per_second),
+            state: Mutex::new((f64::from(per_second), Instant::now())),
+        })
+    }
+
+    /// Take one token; `false` when the bucket is empty.
+    pub(crate) fn try_acquire(&self) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
+        s.0 = (s.0 + refill).min(self.rate);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn bucket_allows_the_rate_then_refuses() {
+        assert!(RateLimit::new(0).is_none());
+        let limit = RateLimit::new(5).unwrap_or_else(|| unreachable!());
+        let granted = (0..20).filter(|_| limit.try_acquire()).count();
+        assert_eq!(granted, 5, "a one-second burst of the rate");
+    }
+}

@@ -613,3 +613,32 @@ async fn state_survives_a_restart() {
     let (_, _, polled) = dev.dps_register("device-1", Value::Null).await;
     assert_eq!(polled.unwrap().1["status"], "assigned");
 }
+
+#[tokio::test]
+async fn the_optional_rate_limit_answers_429_with_retry_after() {
+    let server = TestServer::start_with(|c| c.dps.rate_limit = 2).await;
+    let scope = server.id_scope();
+    let mut topics = Vec::new();
+    for i in 0..3 {
+        let id = format!("d{i}");
+        let mut dev = server
+            .mqtt(&id, &dps_username(&scope, &id), None, None)
+            .await;
+        let (topic, body, _) = dev.dps_register(&id, Value::Null).await;
+        topics.push((topic, body));
+    }
+    // Two pass the limit (and fail attestation: no credentials); the third is throttled.
+    assert!(
+        topics[0].0.starts_with("$dps/registrations/res/401/"),
+        "{topics:?}"
+    );
+    assert!(
+        topics[1].0.starts_with("$dps/registrations/res/401/"),
+        "{topics:?}"
+    );
+    assert_eq!(
+        topics[2].0,
+        "$dps/registrations/res/429/?$rid=1&retry-after=1"
+    );
+    assert_eq!(topics[2].1["errorCode"], 429_001);
+}

@@ -192,6 +192,7 @@ async fn handle_publish(
         let reply = device_api::register(
             &ctx.dps,
             &ctx.operations,
+            ctx.rate_limit.as_ref(),
             ctx.retry_after,
             registration_id,
             credential,

@@ -73,6 +73,7 @@ async fn register(
         &device_api::register(
             &ctx.dps,
             &ctx.operations,
+            ctx.rate_limit.as_ref(),
             ctx.retry_after,
             &id,
             credential,

@@ -44,6 +44,25 @@ impl TestServer {
         Self::start_in(dir, bind, mqtt_port).await
     }
 
+    /// Start with a configuration adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            mqtt_port: 0,
+            https_port: 0,
+            hostnames: vec!["localhost".into()],
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let running = muster_server::start(config.clone()).await.unwrap();
+        Self {
+            running,
+            dir,
+            config,
+        }
+    }
+
     pub async fn start_in(dir: tempfile::TempDir, bind: IpAddr, mqtt_port: u16) -> Self {
         let config = Config {
             data_dir: dir.path().join("data"),
