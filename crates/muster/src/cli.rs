@@ -186,19 +186,20 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MUSTER_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// TOML configuration file (see `muster config default`).
-    #[arg(long)]
+    #[arg(long, env = "MUSTER_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long)]
+    #[arg(long, env = "MUSTER_BIND")]
     pub(crate) bind: Option<std::net::IpAddr>,
     /// MQTT-over-TLS port.
-    #[arg(long)]
+    #[arg(long, env = "MUSTER_MQTT_PORT")]
     pub(crate) mqtt_port: Option<u16>,
     /// HTTPS port.
-    #[arg(long)]
+    #[arg(long, env = "MUSTER_HTTPS_PORT")]
     pub(crate) https_port: Option<u16>,
     /// Host name devices and clients use; repeat for several hubs (the first is the DPS host).
-    #[arg(long = "hostname")]
+    /// From the environment: MUSTER_HOSTNAMES, comma-separated.
+    #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]
     pub(crate) hostnames: Vec<String>,
 }
 

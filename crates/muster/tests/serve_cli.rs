@@ -1,0 +1,215 @@
+//! `muster serve` as a process: first start creates the data directory as DESIGN.md lays it out,
+//! `muster info --json` describes it, `muster dps` commands work against it, SIGTERM stops it with
+//! exit code 0, and a restart keeps the ID scope.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "a test fails loudly on anything unexpected"
+)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn muster() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_muster"))
+}
+
+fn start(dir: &Path) -> Child {
+    let child = muster()
+        .args(["serve", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--mqtt-port", "0", "--https-port", "0"])
+        .env("MUSTER_HOSTNAMES", "localhost,hub2.local")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = dir.join("data/endpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !endpoint.exists() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    child
+}
+
+fn stop(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "serve exits 0 on SIGTERM, got {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn info(dir: &Path) -> serde_json::Value {
+    let out = muster()
+        .args(["info", "--json", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn serve_bootstraps_answers_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let child = start(dir);
+    let data = dir.join("data");
+    for f in [
+        "tls/ca.pem",
+        "tls/ca.key.pem",
+        "tls/server.pem",
+        "tls/server.key.pem",
+        "state.json",
+        "muster.db",
+    ] {
+        assert!(data.join(f).exists(), "{f} missing");
+    }
+    for f in ["tls/ca.key.pem", "tls/server.key.pem", "state.json"] {
+        assert_eq!(
+            std::fs::metadata(data.join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o077,
+            0,
+            "{f} must not be readable by others"
+        );
+    }
+    let i = info(dir);
+    let scope = i["idScope"].as_str().unwrap().to_owned();
+    assert!(scope.starts_with("0ne") && scope.len() == 11, "{scope}");
+    assert_eq!(i["hostname"], "localhost");
+    assert_eq!(i["hubs"].as_array().unwrap().len(), 2);
+    assert!(
+        i["hubConnectionString"]
+            .as_str()
+            .unwrap()
+            .contains("SharedAccessKeyName=iothubowner")
+    );
+    let port = i["httpsPort"].as_u64().unwrap();
+    assert!(
+        i["dpsConnectionString"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("HostName=localhost:{port};"))
+    );
+    assert!(Path::new(i["trustBundle"].as_str().unwrap()).is_absolute());
+    // The server certificate covers every host name.
+    let server_pem = std::fs::read(data.join("tls/server.pem")).unwrap();
+    let leaf = muster_pki::read_certificates(&server_pem)
+        .unwrap()
+        .remove(0);
+    for name in ["DNS:localhost", "DNS:hub2.local", "IP:127.0.0.1", "IP:::1"] {
+        assert!(
+            leaf.subject_alt_names().iter().any(|s| s == name),
+            "{name} missing from {:?}",
+            leaf.subject_alt_names()
+        );
+    }
+
+    // Management through the CLI, authenticated from the data directory.
+    let out = muster()
+        .args(["dps", "--data-dir"])
+        .arg(&data)
+        .args([
+            "enrollment-group",
+            "create",
+            "--enrollment-id",
+            "sensors",
+            "--symmetric-key",
+            "--iot-hubs",
+            "hub2.local",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(g["iotHubs"], serde_json::json!(["hub2.local"]));
+    let out = muster()
+        .args(["dps", "--data-dir"])
+        .arg(&data)
+        .args(["enrollment-group", "show", "--enrollment-id", "missing"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("not found"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A wrong key is refused.
+    let out = muster()
+        .args(["dps", "--data-dir"])
+        .arg(&data)
+        .args(["--connection-string", &format!("HostName=localhost:{port};SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAA=="), "enrollment-group", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    stop(child);
+    // Restart: same scope, the group is still there.
+    let child = start(dir);
+    assert_eq!(info(dir)["idScope"], scope.as_str());
+    let out = muster()
+        .args(["dps", "--data-dir"])
+        .arg(&data)
+        .args(["enrollment-group", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    stop(child);
+}
+
+#[test]
+fn config_default_is_printed_and_bad_config_is_refused() {
+    let out = muster().args(["config", "default"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mqtt_port = 8883") && text.contains("# "),
+        "{text}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "mqtt_prot = 1\n").unwrap();
+    let out = muster()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mqtt_prot"), "{err}");
+}
