@@ -13,22 +13,21 @@
 //! - [`enrollment`]: validation and storage of groups and individual enrollments.
 //! - [`custom`]: the custom-allocation webhook contract ([`custom::CustomAllocator`]).
 //! - [`registration`]: attestation, allocation and the writes that provision a device.
-//! - [`hub_docs`]: the device-identity and twin documents provisioning writes into a hub's
-//!   registry (the hub crate reads and extends them).
-//! - [`time_fmt`]: Azure's timestamp format.
+//!
+//! The device-identity and twin documents provisioning writes come from `muster_hub::docs`,
+//! and timestamps from `muster_hub::time_fmt` (re-exported here as [`time_fmt`]).
 
 pub mod ca;
 pub mod custom;
 pub mod enrollment;
 pub mod error;
-pub mod hub_docs;
 pub mod model;
 pub mod registration;
-pub mod time_fmt;
 
 use std::sync::Arc;
 
 pub use error::DpsError;
+pub use muster_hub::time_fmt;
 use muster_store::Store;
 use time::OffsetDateTime;
 

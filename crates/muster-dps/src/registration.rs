@@ -14,12 +14,12 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::enrollment::{certificate_info, group_from};
-use crate::hub_docs::{self, DeviceAuth};
 use crate::model::{
     AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, InitialTwin,
     ProvisioningStatus, RegistrationState, ReprovisionPolicy,
 };
 use crate::{Dps, DpsError, Hub, Page, check_id, time_fmt};
+use muster_hub::docs::{self as hub_docs, DeviceAuth};
 
 /// How the device proved who it is.
 #[derive(Debug, Clone, Copy)]

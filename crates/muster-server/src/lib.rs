@@ -46,6 +46,9 @@ use crate::config::{Config, Limits};
 #[derive(Debug)]
 pub struct Context {
     pub(crate) dps: Dps,
+    pub(crate) registry: muster_hub::registry::Registry,
+    /// Host names of the logical hubs, the first being the default.
+    pub(crate) hub_hostnames: Vec<String>,
     pub(crate) operations: operations::Operations,
     pub(crate) retry_after: u32,
     pub(crate) rate_limit: Option<operations::RateLimit>,
@@ -145,7 +148,8 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     config.check()?;
     let (paths, state) = bootstrap::prepare(&config)?;
-    let store = Arc::new(SqliteStore::open(&paths.database())?);
+    let store: Arc<dyn muster_store::Store> = Arc::new(SqliteStore::open(&paths.database())?);
+    let registry = muster_hub::registry::Registry::new(Arc::clone(&store));
     let hubs: Vec<Hub> = config
         .hostnames
         .iter()
@@ -175,6 +179,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     resource_hosts.push(config.bind.to_string());
     let ctx = Arc::new(Context {
         dps,
+        registry,
+        hub_hostnames: config.hostnames.clone(),
         operations: operations::Operations::default(),
         retry_after: config.dps.retry_after,
         rate_limit: operations::RateLimit::new(config.dps.rate_limit),

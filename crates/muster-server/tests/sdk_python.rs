@@ -390,3 +390,89 @@ async fn python_sdk_provisions_with_a_group_symmetric_key() {
     assert_eq!(result["ok"], false, "{result}");
     assert!(result.to_string().contains("401"), "{result}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_service_sdk_manages_devices_and_twins() {
+    let Some(py) = python() else { return };
+    let server = server_on(14).await;
+    let pki = Pki::new();
+    x509_group(&server, &pki.root.cert.pem, &pki.root.cert.key_pem).await;
+    // Provision one device the lab's way first, so the operator can see and edit it.
+    let dir = server.dir.path().to_path_buf();
+    let cert = write(
+        &dir,
+        "device-1.pem",
+        &format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem),
+    );
+    let key = write(&dir, "device-1.key.pem", &pki.leaf.key_pem);
+    let trust = server.data_dir().join("tls/ca.pem").display().to_string();
+    let scope = server.id_scope();
+    let (py2, trust2) = (py.clone(), trust.clone());
+    let provisioned = tokio::task::spawn_blocking(move || {
+        run(
+            &py2,
+            "provision_x509.py",
+            &[
+                "--host",
+                "127.0.0.14",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "device-1",
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--trust",
+                &trust2,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(provisioned["ok"], true, "{provisioned}");
+    // The server listens on 127.0.0.14 (its certificate carries that address).
+    let cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .replace("HostName=localhost", "HostName=127.0.0.14");
+    let result = tokio::task::spawn_blocking(move || {
+        let out = Command::new(&py)
+            .arg(sdk_script("hub_service.py"))
+            .args([
+                "--connection-string",
+                &cs,
+                "--device-id",
+                "svc-dev-1",
+                "--existing-device",
+                "device-1",
+            ])
+            .env("REQUESTS_CA_BUNDLE", &trust)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<Value>(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["created"]["authType"], "sas");
+    assert_eq!(
+        result["created"]["hasKey"], true,
+        "keys are generated when empty"
+    );
+    assert_eq!(result["listed"], json!(["device-1", "svc-dev-1"]));
+    assert_eq!(result["updatedTwin"]["desired"], "2");
+    assert_eq!(result["updatedTwin"]["desiredVersion"], 2);
+    assert_eq!(result["updatedTwin"]["tags"]["site"], "lab");
+    assert_eq!(result["replacedTwin"]["desired"], json!({"mode": "eco"}));
+    assert_eq!(result["replacedTwin"]["tags"], json!({"floor": 1}));
+    assert_eq!(
+        result["existing"]["telemetryDelay"], "1",
+        "the enrollment's initial twin"
+    );
+    assert_eq!(result["existing"]["authType"], "selfSigned");
+    assert_eq!(result["existing"]["updatedTelemetryDelay"], "2");
+    assert_eq!(result["getAfterDeleteStatus"], 404, "{result}");
+}

@@ -22,22 +22,28 @@ fn refuse(reason: String) -> Response {
     ApiError(DpsError::Unauthorized { reason }).into_response()
 }
 
-/// Check a management token against one policy; `Ok(())` or the reason.
-pub(crate) fn check(ctx: &Context, header: Option<&str>, policy_name: &str) -> Result<(), String> {
+/// Check a management token against the policies allowed for the call; returns the host the
+/// token names (which selects the hub), or the reason for refusal.
+pub(crate) fn check(
+    ctx: &Context,
+    header: Option<&str>,
+    allowed: &[&str],
+) -> Result<String, String> {
     let header = header.ok_or_else(|| "no Authorization header".to_owned())?;
     let token = SasToken::parse(header).map_err(|e| e.to_string())?;
     let name = token
         .key_name()
         .ok_or_else(|| "the token names no policy (skn)".to_owned())?;
-    if name != policy_name {
+    if !allowed.contains(&name) {
         return Err(format!(
-            "policy '{name}' may not use this API (needs '{policy_name}')"
+            "policy '{name}' may not make this call (allowed: {})",
+            allowed.join(", ")
         ));
     }
     let policy = ctx
         .state
-        .policy(policy_name)
-        .ok_or_else(|| format!("policy '{policy_name}' is not configured"))?;
+        .policy(name)
+        .ok_or_else(|| format!("policy '{name}' is not configured"))?;
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
     if token.expiry() < now {
         return Err(format!("token expired at {}", token.expiry()));
@@ -59,8 +65,8 @@ pub(crate) fn check(ctx: &Context, header: Option<&str>, policy_name: &str) -> R
     let secondary = Secret::new(policy.secondary_key.clone());
     token
         .verify_signature(&[&primary, &secondary])
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(host.to_owned())
 }
 
 /// Middleware: the DPS service API needs the `provisioningserviceowner` policy.
@@ -73,8 +79,59 @@ pub(crate) async fn require_dps_policy(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    match check(&ctx, header, crate::bootstrap::DPS_POLICY) {
-        Ok(()) => next.run(req).await,
+    match check(&ctx, header, &[crate::bootstrap::DPS_POLICY]) {
+        Ok(_) => next.run(req).await,
         Err(reason) => refuse(reason),
+    }
+}
+
+/// The logical hub a service call addresses (from its token's host name).
+#[derive(Debug, Clone)]
+pub(crate) struct HubName(pub(crate) String);
+
+const HUB_READ: [&str; 4] = [
+    "iothubowner",
+    "service",
+    "registryRead",
+    "registryReadWrite",
+];
+const REGISTRY_WRITE: [&str; 2] = ["iothubowner", "registryReadWrite"];
+const TWIN_WRITE: [&str; 2] = ["iothubowner", "service"];
+
+/// Middleware for the hub service API: reads need any hub policy, registry writes
+/// `registryReadWrite`, twin writes `service` (`iothubowner` may do everything).
+pub(crate) async fn require_hub_policy(
+    State(ctx): State<Arc<Context>>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let allowed: &[&str] = if req.method() == axum::http::Method::GET {
+        &HUB_READ
+    } else if req.uri().path().starts_with("/twins") {
+        &TWIN_WRITE
+    } else {
+        &REGISTRY_WRITE
+    };
+    match check(&ctx, header, allowed) {
+        Ok(host) => {
+            let hub = ctx
+                .hub_hostnames
+                .iter()
+                .find(|h| h.eq_ignore_ascii_case(&host))
+                .or_else(|| ctx.hub_hostnames.first())
+                .cloned()
+                .unwrap_or_default();
+            req.extensions_mut().insert(HubName(hub));
+            next.run(req).await
+        }
+        Err(reason) => {
+            warn!(reason, "hub service request refused");
+            super::hub_service::HubApiError(muster_hub::registry::HubError::Unauthorized)
+                .into_response()
+        }
     }
 }

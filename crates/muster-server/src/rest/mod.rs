@@ -8,6 +8,7 @@
 mod auth;
 mod dps_device;
 mod dps_service;
+pub(crate) mod hub_service;
 
 use std::sync::Arc;
 
@@ -68,7 +69,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-const KEYWORDS: [&str; 9] = [
+const KEYWORDS: [&str; 12] = [
+    "devices",
+    "twins",
+    "statistics",
     "enrollmentgroups",
     "enrollments",
     "registrations",
@@ -101,8 +105,13 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
         Arc::clone(&ctx),
         auth::require_dps_policy,
     ));
+    let hub = hub_service::routes().route_layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&ctx),
+        auth::require_hub_policy,
+    ));
     Router::new()
         .merge(management)
+        .merge(hub)
         .merge(dps_device::routes())
         .layer(DefaultBodyLimit::max(ctx.limits.max_body_size))
         .with_state(ctx)

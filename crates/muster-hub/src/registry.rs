@@ -1,0 +1,626 @@
+//! The device registry and the service side of twins, over the store.
+//!
+//! Devices and twins live under `{hub}/{deviceId}` (see [`crate::docs::key`]), indexed by hub.
+//! Responses use IoT Hub's shapes: a `Device` with its `etag`, a `Twin` combining the twin
+//! document with the device's status, connection state and authentication type.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use muster_auth::Secret;
+use muster_store::{Collection, Precondition, Store, StoreError, Write};
+use serde_json::{Map, Value, json};
+use tracing::info;
+
+use crate::docs::{self, DeviceAuth};
+use crate::time_fmt;
+use crate::twin::{self, Limits, Section, TwinError};
+
+/// IoT Hub error categories, with the `ErrorCode` names the service SDKs recognise.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// 400 ArgumentInvalid.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// 404 DeviceNotFound.
+    #[error("device '{0}' not found")]
+    DeviceNotFound(String),
+    /// 409 DeviceAlreadyExists.
+    #[error("device '{0}' already exists")]
+    DeviceAlreadyExists(String),
+    /// 401 IotHubUnauthorizedAccess (the reason is logged by the caller, not returned).
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 412 PreconditionFailed.
+    #[error("the etag does not match (If-Match precondition failed)")]
+    PreconditionFailed,
+    /// 400 for twin rule violations (size, depth, names).
+    #[error("{0}")]
+    Twin(#[from] TwinError),
+    /// 500.
+    #[error("internal storage error")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for HubError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::PreconditionFailed { .. } => Self::PreconditionFailed,
+            StoreError::Conflict { key, .. } => {
+                Self::DeviceAlreadyExists(key.rsplit('/').next().unwrap_or_default().to_owned())
+            }
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl HubError {
+    /// HTTP status.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidInput(_) => 400,
+            Self::Twin(TwinError::TooLarge { .. }) => 413,
+            Self::Twin(_) => 400,
+            Self::Unauthorized => 401,
+            Self::DeviceNotFound(_) => 404,
+            Self::DeviceAlreadyExists(_) => 409,
+            Self::PreconditionFailed => 412,
+            Self::Store(_) => 500,
+        }
+    }
+
+    /// IoT Hub `ErrorCode` name.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidInput(_) | Self::Twin(_) => "ArgumentInvalid",
+            Self::Unauthorized => "IotHubUnauthorizedAccess",
+            Self::DeviceNotFound(_) => "DeviceNotFound",
+            Self::DeviceAlreadyExists(_) => "DeviceAlreadyExists",
+            Self::PreconditionFailed => "PreconditionFailed",
+            Self::Store(_) => "ServerError",
+        }
+    }
+
+    /// Message safe to show the caller.
+    #[must_use]
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Store(_) => "Internal server error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The registry of one server (all its hubs).
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> String {
+    time_fmt::azure(time::OffsetDateTime::now_utc())
+}
+
+/// IoT Hub device ids: 1–128 ASCII letters, digits and `- . + % _ # * ? ! ( ) , : = @ $ '`.
+///
+/// # Errors
+/// [`HubError::InvalidInput`].
+pub fn check_device_id(id: &str) -> Result<(), HubError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(HubError::InvalidInput(format!(
+            "invalid device id '{}'",
+            id.chars().take(140).collect::<String>()
+        )))
+    }
+}
+
+fn precondition(header: Option<&str>) -> Precondition {
+    match header.map(|h| h.trim().trim_matches('"')) {
+        None | Some("") => Precondition::None,
+        Some("*") => Precondition::Exists,
+        Some(e) => Precondition::IfMatch(e.to_owned()),
+    }
+}
+
+fn thumbprint(v: Option<&Value>) -> Result<Option<String>, HubError> {
+    match v.and_then(Value::as_str).map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => {
+            let t = t.replace(':', "").to_ascii_uppercase();
+            if (t.len() == 40 || t.len() == 64) && t.chars().all(|c| c.is_ascii_hexdigit()) {
+                Ok(Some(t))
+            } else {
+                Err(HubError::InvalidInput(
+                    "x509 thumbprints are 40 (SHA-1) or 64 (SHA-256) hex digits".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn sas_key(v: Option<&Value>) -> Result<String, HubError> {
+    match v.and_then(Value::as_str).filter(|k| !k.is_empty()) {
+        None => Secret::generate()
+            .map(|s| s.expose().to_owned())
+            .map_err(|e| HubError::InvalidInput(e.to_string())),
+        Some(k) => {
+            let n = base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .map_err(|_| HubError::InvalidInput("symmetric keys must be base64".into()))?
+                .len();
+            if (16..=64).contains(&n) {
+                Ok(k.to_owned())
+            } else {
+                Err(HubError::InvalidInput(
+                    "symmetric keys must be 16 to 64 bytes".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Normalise the `authentication` of a device body (keys generated when empty, type inferred
+/// from thumbprints as the Node SDK expects).
+fn authentication(body: &Value) -> Result<Value, HubError> {
+    let auth = body
+        .get("authentication")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let thumbs = auth.get("x509Thumbprint");
+    let primary_thumb = thumbprint(thumbs.and_then(|t| t.get("primaryThumbprint")))?;
+    let secondary_thumb = thumbprint(thumbs.and_then(|t| t.get("secondaryThumbprint")))?;
+    let kind = auth
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            if primary_thumb.is_some() {
+                "selfSigned".into()
+            } else {
+                "sas".into()
+            }
+        });
+    match kind.as_str() {
+        "sas" => {
+            let keys = auth.get("symmetricKey");
+            Ok(DeviceAuth::Sas {
+                primary: sas_key(keys.and_then(|k| k.get("primaryKey")))?,
+                secondary: sas_key(keys.and_then(|k| k.get("secondaryKey")))?,
+            }
+            .to_json())
+        }
+        "selfSigned" => {
+            let primary = primary_thumb.ok_or_else(|| {
+                HubError::InvalidInput(
+                    "selfSigned authentication needs x509Thumbprint.primaryThumbprint".into(),
+                )
+            })?;
+            Ok(json!({
+                "symmetricKey": {"primaryKey": null, "secondaryKey": null},
+                "x509Thumbprint": {"primaryThumbprint": primary, "secondaryThumbprint": secondary_thumb},
+                "type": "selfSigned",
+            }))
+        }
+        "certificateAuthority" | "none" => Ok(json!({
+            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
+            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+            "type": kind,
+        })),
+        other => Err(HubError::InvalidInput(format!(
+            "unknown authentication type '{other}'"
+        ))),
+    }
+}
+
+fn with_etag(mut body: Value, etag: &str) -> Value {
+    if let Some(o) = body.as_object_mut() {
+        o.insert("etag".into(), json!(etag));
+    }
+    body
+}
+
+impl Registry {
+    /// A registry over `store` with Azure's default twin limits.
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Create a device (no `If-Match`) or update one (`If-Match`: etag or `*`).
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn put_device(
+        &self,
+        hub: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, HubError> {
+        check_device_id(id)?;
+        if let Some(claimed) = body.get("deviceId").and_then(Value::as_str)
+            && claimed != id
+        {
+            return Err(HubError::InvalidInput(
+                "deviceId in the body differs from the one in the path".into(),
+            ));
+        }
+        let key = docs::key(hub, id);
+        let existing = self.store.get(Collection::Devices, &key).await?;
+        let pre = precondition(if_match);
+        let status = match body.get("status").and_then(Value::as_str) {
+            None | Some("enabled") => "enabled",
+            Some("disabled") => "disabled",
+            Some(other) => return Err(HubError::InvalidInput(format!("unknown status '{other}'"))),
+        };
+        let iot_edge = body
+            .pointer("/capabilities/iotEdge")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let auth = authentication(body)?;
+        let stamp = now();
+        let (doc, precondition) = match (&existing, pre) {
+            (Some(_), Precondition::None) => {
+                return Err(HubError::DeviceAlreadyExists(id.to_owned()));
+            }
+            (Some(r), p) => {
+                let mut d = r.body.as_object().cloned().unwrap_or_default();
+                if d.get("status").and_then(Value::as_str) != Some(status) {
+                    d.insert("statusUpdatedTime".into(), json!(stamp));
+                }
+                d.insert("status".into(), json!(status));
+                d.insert(
+                    "statusReason".into(),
+                    body.get("statusReason").cloned().unwrap_or(Value::Null),
+                );
+                d.insert("authentication".into(), auth);
+                d.insert("capabilities".into(), json!({"iotEdge": iot_edge}));
+                (Value::Object(d), p)
+            }
+            (None, Precondition::IfMatch(_) | Precondition::Exists) => {
+                return Err(HubError::DeviceNotFound(id.to_owned()));
+            }
+            (None, _) => {
+                let mut d = docs::device(
+                    None,
+                    id,
+                    &DeviceAuth::Sas {
+                        primary: String::new(),
+                        secondary: String::new(),
+                    },
+                    iot_edge,
+                    time::OffsetDateTime::now_utc(),
+                );
+                if let Some(o) = d.as_object_mut() {
+                    o.insert("authentication".into(), auth);
+                    o.insert("status".into(), json!(status));
+                }
+                (d, Precondition::IfNoneMatch)
+            }
+        };
+        let hub_index = Some(hub.to_ascii_lowercase());
+        let mut writes = vec![Write::Put {
+            collection: Collection::Devices,
+            key: key.clone(),
+            index: hub_index.clone(),
+            body: doc.clone(),
+            precondition,
+        }];
+        if existing.is_none() {
+            writes.push(Write::Put {
+                collection: Collection::Twins,
+                key,
+                index: hub_index,
+                body: docs::twin(id, None, None, time::OffsetDateTime::now_utc()),
+                precondition: Precondition::None,
+            });
+        }
+        let etags = self.store.write_batch(writes).await?;
+        info!(
+            hub,
+            device_id = id,
+            created = existing.is_none(),
+            "device identity stored"
+        );
+        Ok(with_etag(doc, etags.first().map_or("", String::as_str)))
+    }
+
+    /// One device.
+    ///
+    /// # Errors
+    /// [`HubError::DeviceNotFound`].
+    pub async fn get_device(&self, hub: &str, id: &str) -> Result<Value, HubError> {
+        let r = self
+            .store
+            .get(Collection::Devices, &docs::key(hub, id))
+            .await?
+            .ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+        Ok(with_etag(r.body, &r.etag))
+    }
+
+    /// Delete a device and its twin.
+    ///
+    /// # Errors
+    /// [`HubError::DeviceNotFound`], [`HubError::PreconditionFailed`].
+    pub async fn delete_device(
+        &self,
+        hub: &str,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), HubError> {
+        let key = docs::key(hub, id);
+        let pre = match precondition(if_match) {
+            Precondition::None => Precondition::Exists,
+            p => p,
+        };
+        let writes = vec![
+            Write::Delete {
+                collection: Collection::Devices,
+                key: key.clone(),
+                precondition: pre,
+            },
+            Write::Delete {
+                collection: Collection::Twins,
+                key,
+                precondition: Precondition::None,
+            },
+        ];
+        match self.store.write_batch(writes).await {
+            Ok(_) => {
+                info!(hub, device_id = id, "device identity deleted");
+                Ok(())
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                if self
+                    .store
+                    .get(Collection::Devices, &docs::key(hub, id))
+                    .await?
+                    .is_none()
+                {
+                    Err(HubError::DeviceNotFound(id.to_owned()))
+                } else {
+                    Err(HubError::PreconditionFailed)
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Up to `top` devices of a hub, by id.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn list_devices(&self, hub: &str, top: usize) -> Result<Vec<Value>, HubError> {
+        let records = self
+            .store
+            .list(
+                Collection::Devices,
+                Some(&hub.to_ascii_lowercase()),
+                None,
+                top.clamp(1, 10_000),
+            )
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|r| with_etag(r.body, &r.etag))
+            .collect())
+    }
+
+    /// Counts for `/statistics/devices`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn statistics(&self, hub: &str) -> Result<Value, HubError> {
+        let (mut total, mut enabled) = (0u64, 0u64);
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list(
+                    Collection::Devices,
+                    Some(&hub.to_ascii_lowercase()),
+                    after.as_deref(),
+                    1000,
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for r in &page {
+                total += 1;
+                if r.body.get("status").and_then(Value::as_str) == Some("enabled") {
+                    enabled += 1;
+                }
+            }
+        }
+        Ok(
+            json!({"totalDeviceCount": total, "enabledDeviceCount": enabled, "disabledDeviceCount": total - enabled}),
+        )
+    }
+
+    async fn load_twin(
+        &self,
+        hub: &str,
+        id: &str,
+    ) -> Result<(muster_store::Record, Value), HubError> {
+        let key = docs::key(hub, id);
+        let device = self
+            .store
+            .get(Collection::Devices, &key)
+            .await?
+            .ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+        let twin = match self.store.get(Collection::Twins, &key).await? {
+            Some(t) => t,
+            None => {
+                let body = docs::twin(id, None, None, time::OffsetDateTime::now_utc());
+                self.store
+                    .put(
+                        Collection::Twins,
+                        &key,
+                        Some(&hub.to_ascii_lowercase()),
+                        &body,
+                        Precondition::IfNoneMatch,
+                    )
+                    .await?
+            }
+        };
+        Ok((twin, device.body))
+    }
+
+    /// The service view of a twin.
+    #[must_use]
+    pub fn twin_view(twin: &Value, etag: &str, device: &Value) -> Value {
+        let mut v: Map<String, Value> = Map::new();
+        v.insert(
+            "deviceId".into(),
+            twin.get("deviceId").cloned().unwrap_or(Value::Null),
+        );
+        v.insert("etag".into(), json!(etag));
+        v.insert(
+            "deviceEtag".into(),
+            device.get("etag").cloned().unwrap_or(Value::Null),
+        );
+        v.insert(
+            "version".into(),
+            twin.get("version").cloned().unwrap_or(json!(1)),
+        );
+        v.insert(
+            "tags".into(),
+            twin.get("tags").cloned().unwrap_or_else(|| json!({})),
+        );
+        v.insert(
+            "properties".into(),
+            twin.get("properties").cloned().unwrap_or_else(|| json!({})),
+        );
+        for k in [
+            "status",
+            "statusReason",
+            "statusUpdateTime",
+            "connectionState",
+            "lastActivityTime",
+            "cloudToDeviceMessageCount",
+        ] {
+            let source = if k == "statusUpdateTime" {
+                "statusUpdatedTime"
+            } else {
+                k
+            };
+            v.insert(k.into(), device.get(source).cloned().unwrap_or(Value::Null));
+        }
+        let auth = device
+            .pointer("/authentication/type")
+            .and_then(Value::as_str)
+            .unwrap_or("sas");
+        v.insert("authenticationType".into(), json!(auth));
+        v.insert(
+            "x509Thumbprint".into(),
+            device
+                .pointer("/authentication/x509Thumbprint")
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+        v.insert(
+            "capabilities".into(),
+            device
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| json!({"iotEdge": false})),
+        );
+        Value::Object(v)
+    }
+
+    /// `GET /twins/{id}`.
+    ///
+    /// # Errors
+    /// [`HubError::DeviceNotFound`].
+    pub async fn get_twin(&self, hub: &str, id: &str) -> Result<Value, HubError> {
+        let (twin, device) = self.load_twin(hub, id).await?;
+        Ok(Self::twin_view(&twin.body, &twin.etag, &device))
+    }
+
+    /// `PATCH /twins/{id}` (merge tags and desired) or `PUT /twins/{id}` (replace them). Returns
+    /// the full twin and, when desired properties changed, the notification for the device.
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn update_twin(
+        &self,
+        hub: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(Value, Option<Value>), HubError> {
+        if !body.is_object() {
+            return Err(HubError::Twin(TwinError::NotAnObject { what: "the twin" }));
+        }
+        let (record, device) = self.load_twin(hub, id).await?;
+        let pre = match precondition(if_match) {
+            Precondition::IfMatch(e) if e != record.etag => {
+                return Err(HubError::PreconditionFailed);
+            }
+            _ => Precondition::IfMatch(record.etag.clone()),
+        };
+        let mut twin = record.body.clone();
+        let stamp = now();
+        let tags = body.get("tags").filter(|t| !t.is_null());
+        let desired = body.pointer("/properties/desired").filter(|d| !d.is_null());
+        let notification = if replace {
+            twin::replace(&mut twin, tags, desired, &stamp, &self.limits)?
+        } else {
+            if let Some(t) = tags {
+                twin::patch_tags(&mut twin, t, &self.limits)?;
+            }
+            match desired {
+                Some(d) => {
+                    let version = twin::patch_properties(
+                        &mut twin,
+                        Section::Desired,
+                        d,
+                        &stamp,
+                        &self.limits,
+                    )?;
+                    Some(twin::desired_notification(d, version))
+                }
+                None => None,
+            }
+        };
+        let saved = self
+            .store
+            .put(
+                Collection::Twins,
+                &docs::key(hub, id),
+                Some(&hub.to_ascii_lowercase()),
+                &twin,
+                pre,
+            )
+            .await?;
+        info!(
+            hub,
+            device_id = id,
+            desired_changed = notification.is_some(),
+            "twin updated by a service"
+        );
+        Ok((Self::twin_view(&twin, &saved.etag, &device), notification))
+    }
+}

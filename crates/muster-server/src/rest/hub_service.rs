@@ -1,0 +1,206 @@
+//! IoT Hub service API (spec §5.3): device registry and twins, with the status codes the
+//! Python service SDK insists on (PUT device 200, DELETE 204, twin PATCH 200 + full twin) and
+//! IoT Hub's legacy error body `{"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":…}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use muster_hub::registry::HubError;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{debug, info, warn};
+
+use super::auth::HubName;
+use super::if_match;
+use crate::Context;
+use crate::device_api::tracking_id;
+
+/// A hub error as an HTTP response.
+#[derive(Debug)]
+pub(crate) struct HubApiError(pub(crate) HubError);
+
+impl From<HubError> for HubApiError {
+    fn from(e: HubError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for HubApiError {
+    fn into_response(self) -> Response {
+        let tracking = tracking_id();
+        if self.0.status() >= 500 {
+            warn!(tracking_id = tracking, error = %self.0, "hub request failed");
+        } else {
+            debug!(tracking_id = tracking, error = %self.0, "hub request refused");
+        }
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let stamp = muster_hub::time_fmt::azure(time::OffsetDateTime::now_utc());
+        let body = json!({
+            "Message": format!("ErrorCode:{};{}", self.0.code(), self.0.public_message()),
+            "ExceptionMessage": format!("Tracking ID:{tracking}-TimeStamp:{stamp}"),
+        });
+        let mut r = (status, Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(self.0.code()) {
+            r.headers_mut().insert("iothub-errorcode", v);
+        }
+        r
+    }
+}
+
+type Ctx = State<Arc<Context>>;
+type ApiResult = Result<Response, HubApiError>;
+
+pub(crate) fn routes() -> Router<Arc<Context>> {
+    Router::new()
+        .route("/devices", get(list_devices))
+        .route("/devices/", get(list_devices))
+        .route(
+            "/devices/{id}",
+            get(get_device).put(put_device).delete(delete_device),
+        )
+        .route(
+            "/twins/{id}",
+            get(get_twin).patch(patch_twin).put(replace_twin),
+        )
+        .route("/statistics/devices", get(statistics))
+}
+
+fn body_json(bytes: &[u8]) -> Result<Value, HubApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        HubApiError(HubError::InvalidInput(format!(
+            "the request body is not valid JSON: {e}"
+        )))
+    })
+}
+
+fn etagged(v: Value) -> Response {
+    let etag = v
+        .get("etag")
+        .and_then(Value::as_str)
+        .map(|e| format!("\"{e}\""));
+    let mut r = Json(v).into_response();
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        r.headers_mut().insert("etag", v);
+    }
+    r
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    top: Option<usize>,
+}
+
+async fn list_devices(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    Ok(Json(
+        ctx.registry
+            .list_devices(&hub.0, q.top.unwrap_or(1000))
+            .await?,
+    )
+    .into_response())
+}
+
+async fn get_device(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    Ok(etagged(ctx.registry.get_device(&hub.0, &id).await?))
+}
+
+async fn put_device(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let body = body_json(&body)?;
+    Ok(etagged(
+        ctx.registry
+            .put_device(&hub.0, &id, &body, if_match(&headers).as_deref())
+            .await?,
+    ))
+}
+
+async fn delete_device(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    ctx.registry
+        .delete_device(&hub.0, &id, if_match(&headers).as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_twin(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    Ok(etagged(ctx.registry.get_twin(&hub.0, &id).await?))
+}
+
+async fn update(
+    ctx: &Context,
+    hub: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    replace: bool,
+) -> ApiResult {
+    let body = body_json(body)?;
+    let (twin, notification) = ctx
+        .registry
+        .update_twin(hub, id, &body, if_match(headers).as_deref(), replace)
+        .await?;
+    if let Some(n) = notification {
+        // Delivered to the device by the hub's MQTT endpoint once it exists; the twin is stored.
+        info!(
+            device_id = id,
+            version = n
+                .get("$version")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            "desired properties changed"
+        );
+    }
+    Ok(etagged(twin))
+}
+
+async fn patch_twin(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    update(&ctx, &hub.0, &id, &headers, &body, false).await
+}
+
+async fn replace_twin(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    update(&ctx, &hub.0, &id, &headers, &body, true).await
+}
+
+async fn statistics(State(ctx): Ctx, Extension(hub): Extension<HubName>) -> ApiResult {
+    Ok(Json(ctx.registry.statistics(&hub.0).await?).into_response())
+}
