@@ -124,8 +124,8 @@ impl SasToken {
         self.expiry
     }
 
-    /// Check expiry and resource: `expected` must equal the decoded `sr` case-insensitively, or be
-    /// a prefix of it ending at a `/` (a hub-scoped token covers device paths below it).
+    /// Check expiry and resource: `expected` must equal the decoded `sr` case-insensitively
+    /// (ignoring a trailing `/`).
     ///
     /// # Errors
     /// [`SasError::Expired`], [`SasError::WrongResource`].
@@ -154,16 +154,27 @@ impl SasToken {
     /// [`SasError::BadSignature`] when none matches, [`SasError::BadKey`] for an unreadable key.
     pub fn verify_signature(&self, keys: &[&Secret]) -> Result<usize, SasError> {
         let message = format!("{}\n{}", self.raw_sr, self.expiry);
+        let mut usable = false;
         for (i, key) in keys.iter().enumerate() {
-            let key_bytes = B64
-                .decode(key.expose().as_bytes())
-                .map_err(|_| SasError::BadKey)?;
+            // An empty or unreadable key never verifies anything (an empty HMAC key would be
+            // forgeable); the other keys are still tried.
+            let Ok(key_bytes) = B64.decode(key.expose().as_bytes()) else {
+                continue;
+            };
+            if key_bytes.is_empty() {
+                continue;
+            }
+            usable = true;
             let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key_bytes);
             if aws_lc_rs::hmac::verify(&key, message.as_bytes(), &self.signature).is_ok() {
                 return Ok(i);
             }
         }
-        Err(SasError::BadSignature)
+        Err(if usable {
+            SasError::BadSignature
+        } else {
+            SasError::BadKey
+        })
     }
 }
 

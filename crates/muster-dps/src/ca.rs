@@ -102,6 +102,16 @@ pub fn if_match(header: Option<&str>) -> Precondition {
     }
 }
 
+/// The write-back precondition for an update made from a read: the caller's `If-Match` must
+/// match what was read, and the write is conditioned on the read's etag (even for `*`), so a
+/// concurrent replacement is never overwritten with stale content.
+fn read_precondition(header: Option<&str>, read_etag: &str) -> Result<Precondition, DpsError> {
+    match if_match(header) {
+        Precondition::IfMatch(e) if e != read_etag => Err(DpsError::PreconditionFailed),
+        _ => Ok(Precondition::IfMatch(read_etag.to_owned())),
+    }
+}
+
 /// Read a certificate given as PEM text or base64 DER.
 ///
 /// # Errors
@@ -278,10 +288,7 @@ impl Dps {
             .map_err(|_| DpsError::Conflict("no randomness available".into()))?;
         cert.verification_code = Some(muster_pki::hex_upper(&bytes));
         cert.updated = time_fmt::azure(self.now());
-        let pre = match if_match(if_match_header) {
-            Precondition::None => Precondition::IfMatch(cert.etag.clone()),
-            p => p,
-        };
+        let pre = read_precondition(if_match_header, &cert.etag)?;
         let record = self
             .store
             .put(
@@ -326,10 +333,7 @@ impl Dps {
         cert.is_verified = true;
         cert.verification_code = None;
         cert.updated = time_fmt::azure(self.now());
-        let pre = match if_match(if_match_header) {
-            Precondition::None => Precondition::IfMatch(cert.etag.clone()),
-            p => p,
-        };
+        let pre = read_precondition(if_match_header, &cert.etag)?;
         let record = self
             .store
             .put(

@@ -129,7 +129,19 @@ fn check_twin(twin: Option<&InitialTwin>) -> Result<(), DpsError> {
 }
 
 /// Strip certificate text from a stored attestation for responses.
-fn redact(mut a: Attestation) -> Attestation {
+/// Strip certificate text and symmetric keys for ordinary responses (keys are read only
+/// through the attestation-mechanism endpoints, as in Azure).
+fn redact(a: Attestation) -> Attestation {
+    let mut a = redact_certificates(a);
+    if let Some(k) = a.symmetric_key.as_mut() {
+        k.primary_key = None;
+        k.secondary_key = None;
+    }
+    a
+}
+
+/// Strip certificate text only (the attestation-mechanism view, which carries the keys).
+fn redact_certificates(mut a: Attestation) -> Attestation {
     if let Some(x) = a.x509.as_mut() {
         for set in [
             x.client_certificates.as_mut(),
@@ -147,6 +159,69 @@ fn redact(mut a: Attestation) -> Attestation {
         }
     }
     a
+}
+
+/// A PUT that echoes a GET carries neither certificate text nor keys: keep what is stored
+/// (certificates matched by thumbprint; keys left empty), instead of refusing the update or
+/// silently generating new keys that would lock every device out.
+fn inherit(new: &mut Attestation, stored: Option<&Attestation>) {
+    let Some(stored) = stored.filter(|s| s.kind == new.kind) else {
+        return;
+    };
+    if let (Some(n), Some(s)) = (new.symmetric_key.as_mut(), stored.symmetric_key.as_ref()) {
+        if n.primary_key.as_deref().unwrap_or_default().is_empty() {
+            n.primary_key.clone_from(&s.primary_key);
+        }
+        if n.secondary_key.as_deref().unwrap_or_default().is_empty() {
+            n.secondary_key.clone_from(&s.secondary_key);
+        }
+    }
+    if new.kind == AttestationType::SymmetricKey && new.symmetric_key.is_none() {
+        new.symmetric_key.clone_from(&stored.symmetric_key);
+    }
+    if let (Some(n), Some(s)) = (new.x509.as_mut(), stored.x509.as_ref()) {
+        let pairs = [
+            (
+                n.signing_certificates.as_mut(),
+                s.signing_certificates.as_ref(),
+            ),
+            (
+                n.client_certificates.as_mut(),
+                s.client_certificates.as_ref(),
+            ),
+        ];
+        for (nset, sset) in pairs {
+            let (Some(nset), Some(sset)) = (nset, sset) else {
+                continue;
+            };
+            for (nslot, sslot) in [
+                (nset.primary.as_mut(), sset.primary.as_ref()),
+                (nset.secondary.as_mut(), sset.secondary.as_ref()),
+            ] {
+                let (Some(nslot), Some(sslot)) = (nslot, sslot) else {
+                    continue;
+                };
+                let missing = nslot
+                    .certificate
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty();
+                let same = match (&nslot.info, &sslot.info) {
+                    (Some(a), Some(b)) => a.sha256_thumbprint == b.sha256_thumbprint,
+                    _ => false,
+                };
+                if missing && same {
+                    nslot.certificate.clone_from(&sslot.certificate);
+                }
+            }
+        }
+    }
+}
+
+fn stored_attestation(r: Option<&Record>) -> Option<Attestation> {
+    r.and_then(|r| r.body.get("attestation"))
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
 }
 
 fn page_size(max_items: Option<usize>) -> usize {
@@ -287,6 +362,11 @@ impl Dps {
                 "enrollmentGroupId in the body differs from the one in the path",
             ));
         }
+        let existing = self.store.get(Collection::EnrollmentGroups, id).await?;
+        inherit(
+            &mut group.attestation,
+            stored_attestation(existing.as_ref()).as_ref(),
+        );
         group.attestation = self.normalize_group_attestation(&group.attestation).await?;
         self.check_allocation(
             group.allocation_policy,
@@ -295,7 +375,6 @@ impl Dps {
             group.custom_allocation_definition.as_ref(),
         )?;
         check_twin(group.initial_twin.as_ref())?;
-        let existing = self.store.get(Collection::EnrollmentGroups, id).await?;
         let now = time_fmt::azure(self.now());
         group.created_date_time_utc = Some(
             existing
@@ -361,7 +440,7 @@ impl Dps {
                 what: "enrollment group",
                 id: id.to_owned(),
             })?;
-        Ok(redact(g.attestation))
+        Ok(redact_certificates(g.attestation))
     }
 
     /// Delete an enrollment group (registrations and hub devices stay, as in Azure).
@@ -430,12 +509,14 @@ impl Dps {
         body: &Value,
         if_match_header: Option<&str>,
     ) -> Result<IndividualEnrollment, DpsError> {
+        // Registration ids are case-insensitive; records are keyed by the lower-case form.
+        let registration_id = &registration_id.to_ascii_lowercase();
         check_id("registration id", registration_id)?;
         let mut e: IndividualEnrollment = serde_json::from_value(body.clone())
             .map_err(|e| invalid(format!("invalid enrollment: {e}")))?;
         if e.registration_id.is_empty() {
             registration_id.clone_into(&mut e.registration_id);
-        } else if e.registration_id != registration_id {
+        } else if !e.registration_id.eq_ignore_ascii_case(registration_id) {
             return Err(invalid(
                 "registrationId in the body differs from the one in the path",
             ));
@@ -443,6 +524,15 @@ impl Dps {
         if let Some(d) = &e.device_id {
             check_id("device id", d)?;
         }
+        let stored = self
+            .store
+            .get(Collection::Enrollments, registration_id)
+            .await?;
+        inherit(
+            &mut e.attestation,
+            stored_attestation(stored.as_ref()).as_ref(),
+        );
+        registration_id.clone_into(&mut e.registration_id);
         e.attestation = match e.attestation.kind {
             AttestationType::X509 => {
                 let x = e
@@ -520,6 +610,8 @@ impl Dps {
         &self,
         registration_id: &str,
     ) -> Result<Option<IndividualEnrollment>, DpsError> {
+        // Registration ids are case-insensitive; records are keyed by the lower-case form.
+        let registration_id = &registration_id.to_ascii_lowercase();
         let Some(r) = self
             .store
             .get(Collection::Enrollments, registration_id)
@@ -541,6 +633,8 @@ impl Dps {
         &self,
         registration_id: &str,
     ) -> Result<IndividualEnrollment, DpsError> {
+        // Registration ids are case-insensitive; records are keyed by the lower-case form.
+        let registration_id = &registration_id.to_ascii_lowercase();
         let mut e = self
             .load_enrollment(registration_id)
             .await?
@@ -561,6 +655,8 @@ impl Dps {
         registration_id: &str,
         if_match_header: Option<&str>,
     ) -> Result<(), DpsError> {
+        // Registration ids are case-insensitive; records are keyed by the lower-case form.
+        let registration_id = &registration_id.to_ascii_lowercase();
         if !self
             .store
             .delete(
@@ -621,7 +717,15 @@ impl Dps {
         &self,
         registration_id: &str,
     ) -> Result<Attestation, DpsError> {
-        Ok(self.get_enrollment(registration_id).await?.attestation)
+        let registration_id = &registration_id.to_ascii_lowercase();
+        let e = self
+            .load_enrollment(registration_id)
+            .await?
+            .ok_or_else(|| DpsError::NotFound {
+                what: "enrollment",
+                id: registration_id.clone(),
+            })?;
+        Ok(redact_certificates(e.attestation))
     }
 
     /// Azure's bulk enrollment operation: `{"mode":"create|update|updateIfMatchETag|delete","enrollments":[…]}`.
@@ -636,6 +740,11 @@ impl Dps {
         let list = body["enrollments"]
             .as_array()
             .ok_or_else(|| invalid("enrollments must be an array"))?;
+        if !matches!(mode, "create" | "update" | "updateIfMatchETag" | "delete") {
+            return Err(invalid(format!(
+                "unknown bulk mode '{mode}' (create, update, updateIfMatchETag, delete)"
+            )));
+        }
         let mut errors = Vec::new();
         for item in list {
             let id = item["registrationId"]

@@ -179,16 +179,31 @@ impl Dps {
         request: RegistrationRequest<'_>,
     ) -> Result<RegistrationState, DpsError> {
         check_id("registration id", request.registration_id)?;
-        let attested = match self.attest(&request).await {
+        // Registration ids are case-insensitive (as in Azure): one lower-case form keys every
+        // lookup and record, so `DEV1` cannot sidestep an enrollment made for `dev1`. The SAS
+        // check still signs the id exactly as the device sent it.
+        let as_sent = request.registration_id;
+        let lower = as_sent.to_ascii_lowercase();
+        let request = RegistrationRequest {
+            registration_id: &lower,
+            ..request
+        };
+        let attested = match self.attest(&request, as_sent).await {
             Ok(a) => a,
             Err(e) => {
-                warn!(registration_id = request.registration_id, error = %e, "registration refused");
+                warn!(registration_id = as_sent, error = %e, "registration refused");
                 return Err(e);
             }
         };
-        let state = self.provision(&request, attested).await?;
+        let mut result = self.provision(&request, &attested).await;
+        if matches!(result, Err(DpsError::Conflict(_))) {
+            // Another registration of the same id won a race between our read and write: the
+            // state has moved on, so provision again from it (once) instead of failing the device.
+            result = self.provision(&request, &attested).await;
+        }
+        let state = result?;
         info!(
-            registration_id = request.registration_id,
+            registration_id = as_sent,
             hub = state.assigned_hub.as_deref().unwrap_or_default(),
             substatus = state.substatus.as_deref().unwrap_or_default(),
             "device registered"
@@ -196,10 +211,17 @@ impl Dps {
         Ok(state)
     }
 
-    async fn attest(&self, request: &RegistrationRequest<'_>) -> Result<Attested, DpsError> {
+    async fn attest(
+        &self,
+        request: &RegistrationRequest<'_>,
+        as_sent: &str,
+    ) -> Result<Attested, DpsError> {
         match request.credential {
             Credential::X509(chain) => self.attest_x509(request.registration_id, chain).await,
-            Credential::Sas(token) => self.attest_sas(request.registration_id, token).await,
+            Credential::Sas(token) => {
+                self.attest_sas(request.registration_id, as_sent, token)
+                    .await
+            }
             Credential::None => Err(refuse("no client certificate and no SAS token")),
         }
     }
@@ -372,7 +394,12 @@ impl Dps {
         }
     }
 
-    async fn attest_sas(&self, registration_id: &str, text: &str) -> Result<Attested, DpsError> {
+    async fn attest_sas(
+        &self,
+        registration_id: &str,
+        as_sent: &str,
+        text: &str,
+    ) -> Result<Attested, DpsError> {
         let token = SasToken::parse(text).map_err(|e| refuse(e.to_string()))?;
         let now = u64::try_from(self.now().unix_timestamp()).unwrap_or(0);
         let resource = format!("{}/registrations/{registration_id}", self.config.id_scope);
@@ -412,9 +439,8 @@ impl Dps {
         groups.sort_by_key(|g| g.provisioning_status == ProvisioningStatus::Disabled);
         for g in groups {
             let keys = g.attestation.symmetric_key.clone().unwrap_or_default();
-            let derive = |k: Option<String>| {
-                derive_device_key(&Secret::new(k.unwrap_or_default()), registration_id)
-            };
+            let derive =
+                |k: Option<String>| derive_device_key(&Secret::new(k.unwrap_or_default()), as_sent);
             let (Ok(primary), Ok(secondary)) =
                 (derive(keys.primary_key), derive(keys.secondary_key))
             else {
@@ -445,7 +471,7 @@ impl Dps {
     async fn provision(
         &self,
         request: &RegistrationRequest<'_>,
-        attested: Attested,
+        attested: &Attested,
     ) -> Result<RegistrationState, DpsError> {
         let registration_id = request.registration_id;
         let rules = attested.source.rules(registration_id);
@@ -476,7 +502,7 @@ impl Dps {
             (Some(prev), false) => prev.clone(),
             _ if rules.allocation == AllocationPolicy::Custom => {
                 let d = self
-                    .custom_allocate(&attested, &rules, request, previous.as_ref(), &candidates)
+                    .custom_allocate(attested, &rules, request, previous.as_ref(), &candidates)
                     .await?;
                 let hub = self
                     .hub(&d.hub)
@@ -499,17 +525,24 @@ impl Dps {
         let reset = previous.is_some()
             && rules.policy.update_hub_assignment
             && !rules.policy.migrate_device_data;
+        // Azure's substatus: first assignment; moved with data; moved and reset to the initial
+        // twin; or back on the hub it already had.
         let substatus = match (&previous, moved_from, reset) {
             (None, _, _) => "initialAssignment",
             (Some(_), Some(_), false) => "deviceDataMigrated",
-            (Some(_), _, true) => "deviceDataReset",
-            (Some(p), None, false) => p.substatus.as_deref().unwrap_or("initialAssignment"),
+            (Some(_), Some(_), true) => "deviceDataReset",
+            (Some(_), None, _) => "reprovisionedToInitialAssignment",
         }
         .to_owned();
 
         let now = self.now();
         let device_key = hub_docs::key(&hub.hostname, &rules.device_id);
-        let source_key = moved_from.map(|p| hub_docs::key(&p.hostname, &rules.device_id));
+        // The data to migrate lives under the device id the previous registration created.
+        let previous_device_id = previous
+            .as_ref()
+            .and_then(|p| p.device_id.clone())
+            .unwrap_or_else(|| rules.device_id.clone());
+        let source_key = moved_from.map(|p| hub_docs::key(&p.hostname, &previous_device_id));
         let existing_device = self.store.get(Collection::Devices, &device_key).await?;
         let existing_twin = self.store.get(Collection::Twins, &device_key).await?;
         let (old_device, old_twin) = match &source_key {
@@ -645,15 +678,15 @@ impl Dps {
         });
         let etags = match self.store.write_batch(writes).await {
             Ok(etags) => etags,
-            // Another registration of the same id won the race; Azure answers 409-like
-            // conflicts to the loser, and the SDKs retry.
+            // A racing registration of the same id changed the state between read and write;
+            // `register` provisions once more from the new state.
             Err(
                 muster_store::StoreError::Conflict { .. }
                 | muster_store::StoreError::PreconditionFailed { .. },
             ) => {
-                return Err(DpsError::Throttled {
-                    retry_after_secs: 1,
-                });
+                return Err(DpsError::Conflict(format!(
+                    "registration '{registration_id}' changed concurrently"
+                )));
             }
             Err(e) => return Err(e.into()),
         };
@@ -726,6 +759,8 @@ impl Dps {
         &self,
         registration_id: &str,
     ) -> Result<RegistrationState, DpsError> {
+        // Registration ids are case-insensitive; records are keyed by the lower-case form.
+        let registration_id = &registration_id.to_ascii_lowercase();
         let r = self
             .store
             .get(Collection::Registrations, registration_id)
@@ -750,6 +785,8 @@ impl Dps {
         registration_id: &str,
         if_match_header: Option<&str>,
     ) -> Result<(), DpsError> {
+        // Registration ids are case-insensitive; records are keyed by the lower-case form.
+        let registration_id = &registration_id.to_ascii_lowercase();
         check_id("registration id", registration_id)?;
         if !self
             .store

@@ -603,6 +603,14 @@ async fn reprovisioning_policies_across_hubs() {
     dps.put_enrollment_group("g", &group, None).await.unwrap();
     let kept = register_x509(&dps, "device-1", &chain).await.unwrap();
     assert_eq!(kept.assigned_hub.as_deref(), Some("hub-a.local"));
+    assert_eq!(
+        kept.substatus.as_deref(),
+        Some("reprovisionedToInitialAssignment")
+    );
+    // Registration ids are case-insensitive: the same device in upper case is the same record.
+    let upper = register_x509(&dps, "DEVICE-1", &chain).await.unwrap();
+    assert_eq!(upper.registration_id, "device-1");
+    assert_eq!(upper.created_date_time_utc, first.created_date_time_utc);
 }
 
 #[tokio::test]
@@ -673,6 +681,45 @@ async fn enrollment_validation() {
         .await
         .unwrap();
     assert_eq!(state.status, "assigned");
+    // A GET echoed back by PUT (the SDKs' update flow) keeps the stored certificate and keys.
+    let mut echoed =
+        serde_json::to_value(dps.get_enrollment_group("inter").await.unwrap()).unwrap();
+    echoed["provisioningStatus"] = json!("disabled");
+    echoed.as_object_mut().unwrap().remove("etag");
+    let updated = dps
+        .put_enrollment_group("inter", &echoed, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.provisioning_status,
+        muster_dps::model::ProvisioningStatus::Disabled
+    );
+    dps.put_enrollment_group(
+        "keys",
+        &json!({"attestation": {"type": "symmetricKey"}}),
+        None,
+    )
+    .await
+    .unwrap();
+    let before = dps.enrollment_group_attestation("keys").await.unwrap();
+    let shown = serde_json::to_value(dps.get_enrollment_group("keys").await.unwrap()).unwrap();
+    assert!(
+        shown["attestation"]["symmetricKey"]
+            .get("primaryKey")
+            .is_none(),
+        "GET does not reveal keys: {shown}"
+    );
+    let mut echoed = shown.clone();
+    echoed["provisioningStatus"] = json!("disabled");
+    echoed.as_object_mut().unwrap().remove("etag");
+    dps.put_enrollment_group("keys", &echoed, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        dps.enrollment_group_attestation("keys").await.unwrap(),
+        before,
+        "keys survive an echoed update"
+    );
     // Etags guard updates; paging works.
     let stale = dps
         .put_enrollment_group("inter", &body, Some("\"0000\""))
@@ -688,14 +735,21 @@ async fn enrollment_validation() {
         .await
         .unwrap();
     }
-    let p1 = dps.query_enrollment_groups(Some(2), None).await.unwrap();
-    assert_eq!(p1.items.len(), 2);
-    let p2 = dps
-        .query_enrollment_groups(Some(2), p1.continuation.as_deref())
-        .await
-        .unwrap();
-    assert_eq!(p2.items.len(), 2);
-    assert!(p2.continuation.is_none());
+    // Five groups in pages of two: 2, 2, 1, and no continuation after the last.
+    let mut sizes = Vec::new();
+    let mut cont: Option<String> = None;
+    loop {
+        let page = dps
+            .query_enrollment_groups(Some(2), cont.as_deref())
+            .await
+            .unwrap();
+        sizes.push(page.items.len());
+        cont = page.continuation;
+        if cont.is_none() {
+            break;
+        }
+    }
+    assert_eq!(sizes, [2, 2, 1]);
     // Bulk.
     let res = dps
         .bulk_enrollments(&json!({"mode": "create", "enrollments": [

@@ -182,7 +182,25 @@ pub fn prepare(config: &Config) -> Result<(Paths, State), BootstrapError> {
         dir: config.data_dir.clone(),
     };
     let tls = paths.dir.join("tls");
+    let fresh = !paths.dir.exists();
     fs::create_dir_all(&tls).map_err(io(&tls))?;
+    #[cfg(unix)]
+    if fresh {
+        // The directory holds keys and the database (which holds enrollment keys): owner only.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700))
+            .map_err(io(&paths.dir))?;
+    }
+    if !paths.database().exists() {
+        // Created here so it starts 0600; SQLite gives its -wal and -shm files the same mode.
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        options
+            .open(paths.database())
+            .map_err(io(&paths.database()))?;
+    }
     let now = OffsetDateTime::now_utc();
 
     if !paths.ca().exists() {

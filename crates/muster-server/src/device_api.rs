@@ -12,6 +12,9 @@ use tracing::warn;
 
 use crate::operations::{Operations, Outcome};
 
+/// Largest registration payload kept (JSON text bytes).
+const MAX_PAYLOAD: usize = 8 * 1024;
+
 /// A device-facing answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Reply {
@@ -70,15 +73,6 @@ pub(crate) async fn register(
     credential: Credential<'_>,
     body: &[u8],
 ) -> Reply {
-    if limit.is_some_and(|l| !l.try_acquire()) {
-        warn!(
-            registration_id,
-            "registration throttled by the scope's rate limit"
-        );
-        return error_reply(&DpsError::Throttled {
-            retry_after_secs: retry_after.max(1),
-        });
-    }
     let parsed: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -103,10 +97,43 @@ pub(crate) async fn register(
             "registrationId in the body differs from the one the device connected as".into(),
         ));
     }
+    let payload = parsed.get("payload").cloned();
+    if let Some(p) = &payload
+        && p.to_string().len() > MAX_PAYLOAD
+    {
+        warn!(registration_id, "registration payload over the limit");
+        return error_reply(&DpsError::InvalidInput(format!(
+            "the registration payload is larger than {MAX_PAYLOAD} bytes"
+        )));
+    }
+    if matches!(credential, Credential::None) {
+        return error_reply(&DpsError::Unauthorized {
+            reason: "no client certificate and no SAS token".into(),
+        });
+    }
+    // Charged after the cheap checks, so requests that could never succeed do not drain it.
+    if limit.is_some_and(|l| !l.try_acquire()) {
+        warn!(
+            registration_id,
+            "registration throttled by the scope's rate limit"
+        );
+        return error_reply(&DpsError::Throttled {
+            retry_after_secs: retry_after.max(1),
+        });
+    }
+    if operations.is_full() {
+        warn!(
+            registration_id,
+            "too many registrations awaiting their poll"
+        );
+        return error_reply(&DpsError::Throttled {
+            retry_after_secs: retry_after.max(1),
+        });
+    }
     let request = RegistrationRequest {
         registration_id,
         credential,
-        payload: parsed.get("payload").cloned(),
+        payload,
     };
     match dps.register(request).await {
         Ok(state) => {

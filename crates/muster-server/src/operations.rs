@@ -35,6 +35,8 @@ struct Table {
 }
 
 const SWEEP_EVERY: usize = 4096;
+/// Outcomes kept at most; beyond it new registrations are asked to retry (429).
+const MAX_OUTSTANDING: usize = 100_000;
 
 impl Operations {
     /// A new operation id (`4.<16 hex>.<32 hex>`: unreserved characters only, as the Python
@@ -62,6 +64,20 @@ impl Operations {
             }
             table.map.insert(id.to_owned(), (now, outcome));
         }
+    }
+
+    /// Whether no more outcomes can be kept (after sweeping expired ones).
+    pub(crate) fn is_full(&self) -> bool {
+        let Ok(mut table) = self.inner.lock() else {
+            return true;
+        };
+        if table.map.len() < MAX_OUTSTANDING {
+            return false;
+        }
+        let now = Instant::now();
+        table.map.retain(|_, (t, _)| now.duration_since(*t) < TTL);
+        table.since_sweep = 0;
+        table.map.len() >= MAX_OUTSTANDING
     }
 
     /// The outcome of `id` if it exists, is fresh and belongs to `registration_id`.

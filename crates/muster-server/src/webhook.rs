@@ -42,7 +42,9 @@ impl CustomAllocator for HttpAllocator {
         if let Some(v) = api_version {
             req = req.query(&[("api-version", v)]);
         }
+        // reqwest's messages carry the URL, which may hold a function key: never show it.
         let resp = req.send().await.map_err(|e| {
+            let e = e.without_url();
             if e.is_timeout() {
                 format!("the webhook did not answer within {} s", timeout.as_secs())
             } else {

@@ -616,29 +616,27 @@ async fn state_survives_a_restart() {
 
 #[tokio::test]
 async fn the_optional_rate_limit_answers_429_with_retry_after() {
-    let server = TestServer::start_with(|c| c.dps.rate_limit = 2).await;
+    let server = TestServer::start_with(|c| c.dps.rate_limit = 1).await;
     let scope = server.id_scope();
-    let mut topics = Vec::new();
-    for i in 0..3 {
-        let id = format!("d{i}");
-        let mut dev = server
-            .mqtt(&id, &dps_username(&scope, &id), None, None)
-            .await;
-        let (topic, body, _) = dev.dps_register(&id, Value::Null).await;
-        topics.push((topic, body));
-    }
-    // Two pass the limit (and fail attestation: no credentials); the third is throttled.
-    assert!(
-        topics[0].0.starts_with("$dps/registrations/res/401/"),
-        "{topics:?}"
-    );
-    assert!(
-        topics[1].0.starts_with("$dps/registrations/res/401/"),
-        "{topics:?}"
-    );
+    // A (wrong) SAS token: each request is charged, then fails attestation.
+    let token = "SharedAccessSignature sr=x&sig=AAAA&se=1";
+    let mut dev = server
+        .mqtt("d0", &dps_username(&scope, "d0"), Some(token), None)
+        .await;
+    dev.subscribe("$dps/registrations/res/#").await;
+    let body = br#"{"registrationId":"d0"}"#;
+    dev.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", body, 1)
+        .await;
+    let first = dev.next_publish().await;
+    dev.publish("$dps/registrations/PUT/iotdps-register/?$rid=2", body, 2)
+        .await;
+    let second = dev.next_publish().await;
+    // The first passes the limit (and fails attestation); the second, milliseconds later, is throttled.
+    assert_eq!(first.topic, "$dps/registrations/res/401/?$rid=1");
     assert_eq!(
-        topics[2].0,
-        "$dps/registrations/res/429/?$rid=1&retry-after=1"
+        second.topic,
+        "$dps/registrations/res/429/?$rid=2&retry-after=1"
     );
-    assert_eq!(topics[2].1["errorCode"], 429_001);
+    let body: Value = serde_json::from_slice(&second.payload).unwrap();
+    assert_eq!(body["errorCode"], 429_001);
 }

@@ -586,9 +586,7 @@ async fn enrollment(api: &Api, cmd: EnrollmentCommand, output: Output) -> Result
             let path = format!("/enrollments/{}", seg(&registration_id));
             let mut doc = api.get(&path).await?;
             let current_etag = s(&doc, "/etag").to_owned();
-            if s(&doc, "/attestation/type") == "x509" {
-                bail!("X.509 individual enrollments are updated by deleting and recreating them");
-            }
+
             set(
                 &mut doc,
                 "attestation",

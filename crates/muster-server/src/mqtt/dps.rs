@@ -21,6 +21,8 @@ use crate::device_api::{self, Reply};
 const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 const REGISTER_PREFIX: &str = "$dps/registrations/PUT/iotdps-register/";
 const POLL_PREFIX: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
+/// Longest silence accepted from a DPS client that asked for no keep-alive.
+const MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
@@ -78,8 +80,15 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         sas = password.is_some(),
         "DPS session started"
     );
-    let keep_alive = (connect.keep_alive > 0)
-        .then(|| std::time::Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    // Keep-alive is enforced at 1.5× the client's value; a client that asks for none still may
+    // not idle longer than a DPS exchange needs.
+    let keep_alive = if connect.keep_alive > 0 {
+        Some(std::time::Duration::from_millis(
+            u64::from(connect.keep_alive) * 1500,
+        ))
+    } else {
+        Some(MAX_IDLE)
+    };
 
     loop {
         let next = async {
@@ -131,6 +140,15 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Packet::Publish(p) => {
                 if p.qos == QoS::ExactlyOnce {
                     warn!(topic = p.topic, "QoS 2 is not supported; closing");
+                    return;
+                }
+                let own_topic =
+                    p.topic.starts_with(REGISTER_PREFIX) || p.topic.starts_with(POLL_PREFIX);
+                if !own_topic {
+                    warn!(
+                        topic = p.topic,
+                        "publish to a topic outside this device's DPS topics; closing"
+                    );
                     return;
                 }
                 if let Some(id) = p.packet_id

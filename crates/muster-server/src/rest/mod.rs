@@ -69,34 +69,43 @@ impl IntoResponse for ApiError {
     }
 }
 
-const KEYWORDS: [&str; 12] = [
-    "devices",
-    "twins",
-    "statistics",
+const COLLECTIONS: [&str; 7] = [
     "enrollmentgroups",
     "enrollments",
     "registrations",
     "certificates",
+    "devices",
+    "twins",
+    "statistics",
+];
+const ACTIONS: [&str; 4] = [
     "query",
     "attestationmechanism",
     "generateverificationcode",
     "verify",
-    "operations",
 ];
 
-/// Lower-case the known collection and action segments of a path.
+/// Lower-case the collection segment of a management path and its trailing action segment,
+/// leaving ids (and device paths, which start with an ID scope) untouched.
 fn normalize_path(path: &str) -> String {
-    path.split('/')
-        .map(|seg| {
-            let lower = seg.to_ascii_lowercase();
-            if KEYWORDS.contains(&lower.as_str()) {
-                lower
-            } else {
-                seg.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut segments: Vec<String> = path.split('/').map(str::to_owned).collect();
+    let Some(first) = segments.get(1).map(|s| s.to_ascii_lowercase()) else {
+        return path.to_owned();
+    };
+    if !COLLECTIONS.contains(&first.as_str()) {
+        return path.to_owned();
+    }
+    if let Some(s) = segments.get_mut(1) {
+        *s = first;
+    }
+    let n = segments.len();
+    if n >= 3
+        && let Some(last) = segments.last_mut()
+        && ACTIONS.contains(&last.to_ascii_lowercase().as_str())
+    {
+        *last = last.to_ascii_lowercase();
+    }
+    segments.join("/")
 }
 
 /// The application router (no TLS): used by the listener and by router tests.
@@ -116,6 +125,9 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
         .layer(DefaultBodyLimit::max(ctx.limits.max_body_size))
         .with_state(ctx)
 }
+
+/// How long a client may take to send a request's headers (or stay idle between requests).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serve HTTPS on `listener` until `shutdown`.
 pub(crate) async fn serve(
@@ -183,7 +195,18 @@ pub(crate) async fn serve(
                     req.extensions_mut().insert(chain.clone());
                     req.map(Body::new)
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Without a timer hyper enforces no header deadline: an idle client could hold a
+        // connection (and a file descriptor) forever.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(HEADER_READ_TIMEOUT))
+            .keep_alive_timeout(HEADER_READ_TIMEOUT);
                 let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
                 tokio::pin!(conn);
                 tokio::select! {
