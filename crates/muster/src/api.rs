@@ -29,14 +29,19 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn new(args: &ApiArgs, env_var: &str) -> Result<Self> {
+        let info_key = if env_var.contains("HUB") {
+            "hubConnectionString"
+        } else {
+            "dpsConnectionString"
+        };
         let text = match (&args.connection_string, std::env::var(env_var)) {
             (Some(cs), _) => cs.clone(),
             (None, Ok(cs)) if !cs.is_empty() => cs,
             _ => {
                 let info = crate::serve::local_info(&args.server.data_dir)?;
-                info.get("dpsConnectionString")
+                info.get(info_key)
                     .and_then(Value::as_str)
-                    .context("the data directory has no DPS policy")?
+                    .context("the data directory has no such policy")?
                     .to_owned()
             }
         };
@@ -86,7 +91,8 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> Result<Reply> {
-        let url = format!("{}{path}?api-version=2021-10-01", self.base);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{sep}api-version=2021-10-01", self.base);
         let mut req = self
             .client
             .request(method.clone(), &url)
@@ -112,8 +118,10 @@ impl Api {
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         if !status.is_success() {
+            // DPS bodies carry `message`; IoT Hub's legacy bodies `Message: "ErrorCode:<Code>;<text>"`.
             let message = body
                 .get("message")
+                .or_else(|| body.get("Message"))
                 .and_then(Value::as_str)
                 .map_or_else(|| body.to_string(), str::to_owned);
             let code = body

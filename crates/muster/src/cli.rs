@@ -43,6 +43,13 @@ pub(crate) enum Command {
     /// Make and inspect certificates: CAs, proof-of-possession and device certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Manage the IoT hub: device identities and twins.
+    Hub {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: HubCommand,
+    },
     /// Manage the provisioning service: CA certificates, enrollments, registrations.
     Dps {
         #[command(flatten)]
@@ -458,6 +465,106 @@ pub(crate) enum RegistrationCommand {
         #[arg(long)]
         registration_id: String,
         /// Etag to match.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum HubCommand {
+    /// Device identities in the registry.
+    #[command(subcommand)]
+    DeviceIdentity(DeviceIdentityCommand),
+    /// Device twins.
+    #[command(subcommand)]
+    DeviceTwin(DeviceTwinCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeviceIdentityCommand {
+    /// Create a device (SAS keys generated unless a thumbprint or CA authentication is given).
+    Create {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+        /// Authentication: shared_private_key (default), x509_thumbprint or x509_ca.
+        #[arg(long, default_value = "shared_private_key")]
+        auth_method: String,
+        /// Primary thumbprint (x509_thumbprint).
+        #[arg(long)]
+        primary_thumbprint: Option<String>,
+        /// Secondary thumbprint (x509_thumbprint).
+        #[arg(long)]
+        secondary_thumbprint: Option<String>,
+        /// enabled or disabled.
+        #[arg(long, default_value = "enabled")]
+        status: String,
+    },
+    /// List devices.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        top: usize,
+    },
+    /// Show one device.
+    Show {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+    },
+    /// Enable or disable a device.
+    Update {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+        /// enabled or disabled.
+        #[arg(long)]
+        status: String,
+    },
+    /// Delete a device (and its twin).
+    Delete {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+        /// Etag to match (default: any).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeviceTwinCommand {
+    /// Show a twin.
+    Show {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+    },
+    /// Merge desired properties and/or tags into a twin.
+    Update {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+        /// Desired properties patch, JSON (`{"telemetryDelay":"2"}`; null deletes).
+        #[arg(long)]
+        desired: Option<String>,
+        /// Tags patch, JSON.
+        #[arg(long)]
+        tags: Option<String>,
+        /// Etag to match (default: any).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Replace a twin's tags and desired properties with a JSON document
+    /// (`{"tags":{…},"properties":{"desired":{…}}}`).
+    Replace {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+        /// The twin JSON.
+        #[arg(long)]
+        json: String,
+        /// Etag to match (default: any).
         #[arg(long)]
         etag: Option<String>,
     },

@@ -9,6 +9,7 @@
 //! - `serve`: `serve`, `info`, `config default` (wiring to `muster-server`).
 //! - `api`: the REST client (connection string → SAS per request, data-dir trust root).
 //! - `dps`: `muster dps …` management commands.
+//! - `hub`: `muster hub …` device identities and twins.
 
 #![allow(
     clippy::print_stdout,
@@ -21,6 +22,7 @@ mod certs;
 mod cli;
 mod dps;
 mod files;
+mod hub;
 mod serve;
 
 use std::process::ExitCode;
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         cli::Command::Dps { api, command } => dps::run(&api, command, cli.output),
+        cli::Command::Hub { api, command } => hub::run(&api, command, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

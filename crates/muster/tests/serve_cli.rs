@@ -172,6 +172,55 @@ fn serve_bootstraps_answers_and_stops_cleanly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 
+    // The lab's operator actions on the hub: view devices, edit the desired telemetryDelay,
+    // delete a device.
+    let hub = |args: &[&str]| {
+        let out = muster()
+            .args(["hub", "--data-dir"])
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = hub(&["device-identity", "create", "-d", "dev-1"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = hub(&["device-identity", "list", "--output", "json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["deviceId"], "dev-1");
+    assert_eq!(list[0]["authentication"]["type"], "sas");
+    let (ok, out, err) = hub(&[
+        "device-twin",
+        "update",
+        "-d",
+        "dev-1",
+        "--desired",
+        r#"{"telemetryDelay":"2"}"#,
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let twin: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(twin["properties"]["desired"]["telemetryDelay"], "2");
+    let (ok, _, err) = hub(&[
+        "device-twin",
+        "update",
+        "-d",
+        "dev-1",
+        "--desired",
+        "{not json",
+    ]);
+    assert!(!ok && err.contains("--desired"), "{err}");
+    let (ok, _, _) = hub(&["device-identity", "delete", "-d", "dev-1"]);
+    assert!(ok);
+    let (ok, _, err) = hub(&["device-identity", "show", "-d", "dev-1"]);
+    assert!(!ok && err.contains("DeviceNotFound"), "{err}");
+
     stop(child);
     // Restart: same scope, the group is still there.
     let child = start(dir);

@@ -1,0 +1,228 @@
+//! `muster hub …`: device identities and twins over the REST API (IoT Hub service shapes).
+
+use anyhow::{Context as _, Result, bail};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::api::{Api, seg};
+use crate::cli::{DeviceIdentityCommand, DeviceTwinCommand, HubCommand, Output};
+
+pub(crate) fn run(
+    api_args: &crate::cli::ApiArgs,
+    command: HubCommand,
+    output: Output,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let api = Api::new(api_args, "MUSTER_HUB_CONNECTION_STRING")?;
+        match command {
+            HubCommand::DeviceIdentity(c) => identity(&api, c, output).await,
+            HubCommand::DeviceTwin(c) => twin(&api, c, output).await,
+        }
+    })
+}
+
+fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn print(output: Output, value: &Value, table: impl FnOnce(&Value)) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Table => table(value),
+    }
+}
+
+fn device_row(d: &Value) {
+    println!(
+        "{:<28} {:<9} {:<13} {:<13} last activity {}",
+        s(d, "/deviceId"),
+        s(d, "/status"),
+        s(d, "/authentication/type"),
+        s(d, "/connectionState"),
+        s(d, "/lastActivityTime")
+    );
+}
+
+fn if_match(etag: Option<String>) -> Vec<(&'static str, String)> {
+    vec![(
+        "if-match",
+        etag.map_or_else(
+            || "*".to_owned(),
+            |e| format!("\"{}\"", e.trim_matches('"')),
+        ),
+    )]
+}
+
+fn set(doc: &mut Value, key: &str, value: Value) {
+    if let Some(o) = doc.as_object_mut() {
+        o.insert(key.to_owned(), value);
+    }
+}
+
+fn parse(flag: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("{flag} is not valid JSON"))
+}
+
+async fn identity(api: &Api, cmd: DeviceIdentityCommand, output: Output) -> Result<()> {
+    match cmd {
+        DeviceIdentityCommand::Create {
+            device_id,
+            auth_method,
+            primary_thumbprint,
+            secondary_thumbprint,
+            status,
+        } => {
+            let authentication = match auth_method.as_str() {
+                "shared_private_key" => {
+                    json!({"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}})
+                }
+                "x509_thumbprint" => json!({"type": "selfSigned", "x509Thumbprint": {
+                    "primaryThumbprint": primary_thumbprint.context("--primary-thumbprint is required for x509_thumbprint")?,
+                    "secondaryThumbprint": secondary_thumbprint}}),
+                "x509_ca" => json!({"type": "certificateAuthority"}),
+                other => bail!(
+                    "unknown --auth-method '{other}' (shared_private_key, x509_thumbprint, x509_ca)"
+                ),
+            };
+            let body = json!({"deviceId": device_id, "status": status, "authentication": authentication, "capabilities": {"iotEdge": false}});
+            let r = api
+                .call(
+                    Method::PUT,
+                    &format!("/devices/{}", seg(&device_id)),
+                    Some(&body),
+                    &[],
+                )
+                .await?
+                .body;
+            print(output, &r, device_row);
+        }
+        DeviceIdentityCommand::List { top } => {
+            let r = api.get(&format!("/devices?top={top}")).await?;
+            print(output, &r, |v| {
+                for d in v.as_array().into_iter().flatten() {
+                    device_row(d);
+                }
+            });
+        }
+        DeviceIdentityCommand::Show { device_id } => {
+            let r = api.get(&format!("/devices/{}", seg(&device_id))).await?;
+            print(output, &r, |d| {
+                device_row(d);
+                if let Some(t) = d
+                    .pointer("/authentication/x509Thumbprint/primaryThumbprint")
+                    .and_then(Value::as_str)
+                {
+                    println!("  thumbprint {t}");
+                }
+            });
+        }
+        DeviceIdentityCommand::Update { device_id, status } => {
+            let path = format!("/devices/{}", seg(&device_id));
+            let mut d = api.get(&path).await?;
+            let etag = s(&d, "/etag").to_owned();
+            if let Some(o) = d.as_object_mut() {
+                o.insert("status".into(), json!(status));
+            }
+            let r = api
+                .call(Method::PUT, &path, Some(&d), &if_match(Some(etag)))
+                .await?
+                .body;
+            print(output, &r, device_row);
+        }
+        DeviceIdentityCommand::Delete { device_id, etag } => {
+            api.call(
+                Method::DELETE,
+                &format!("/devices/{}", seg(&device_id)),
+                None,
+                &if_match(etag),
+            )
+            .await?;
+            if output == Output::Table {
+                println!("Deleted device '{device_id}'.");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn twin_table(t: &Value) {
+    println!(
+        "{}  version {}  etag {}",
+        s(t, "/deviceId"),
+        t.get("version").unwrap_or(&Value::Null),
+        s(t, "/etag")
+    );
+    let strip = |v: Option<&Value>| {
+        let mut m = v.and_then(Value::as_object).cloned().unwrap_or_default();
+        m.remove("$metadata");
+        Value::Object(m)
+    };
+    println!("  tags      {}", t.get("tags").unwrap_or(&Value::Null));
+    println!("  desired   {}", strip(t.pointer("/properties/desired")));
+    println!("  reported  {}", strip(t.pointer("/properties/reported")));
+}
+
+async fn twin(api: &Api, cmd: DeviceTwinCommand, output: Output) -> Result<()> {
+    match cmd {
+        DeviceTwinCommand::Show { device_id } => {
+            let r = api.get(&format!("/twins/{}", seg(&device_id))).await?;
+            print(output, &r, twin_table);
+        }
+        DeviceTwinCommand::Update {
+            device_id,
+            desired,
+            tags,
+            etag,
+        } => {
+            if desired.is_none() && tags.is_none() {
+                bail!("give --desired and/or --tags");
+            }
+            let mut patch = json!({});
+            if let Some(d) = desired {
+                set(
+                    &mut patch,
+                    "properties",
+                    json!({"desired": parse("--desired", &d)?}),
+                );
+            }
+            if let Some(t) = tags {
+                set(&mut patch, "tags", parse("--tags", &t)?);
+            }
+            let r = api
+                .call(
+                    Method::PATCH,
+                    &format!("/twins/{}", seg(&device_id)),
+                    Some(&patch),
+                    &if_match(etag),
+                )
+                .await?
+                .body;
+            print(output, &r, twin_table);
+        }
+        DeviceTwinCommand::Replace {
+            device_id,
+            json,
+            etag,
+        } => {
+            let doc = parse("--json", &json)?;
+            let r = api
+                .call(
+                    Method::PUT,
+                    &format!("/twins/{}", seg(&device_id)),
+                    Some(&doc),
+                    &if_match(etag),
+                )
+                .await?
+                .body;
+            print(output, &r, twin_table);
+        }
+    }
+    Ok(())
+}
