@@ -176,3 +176,45 @@ impl Api {
 pub(crate) fn seg(s: &str) -> String {
     muster_auth::sas::percent_encode(s)
 }
+
+/// A runtime for one management command.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Print JSON or the table form.
+pub(crate) fn print(output: crate::cli::Output, value: &Value, table: impl FnOnce(&Value)) {
+    match output {
+        crate::cli::Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        crate::cli::Output::Table => table(value),
+    }
+}
+
+/// Set a field of a JSON object (no-op on anything else).
+pub(crate) fn set(doc: &mut Value, key: &str, value: Value) {
+    if let Some(o) = doc.as_object_mut() {
+        o.insert(key.to_owned(), value);
+    }
+}
+
+/// The string at a JSON pointer, or "".
+pub(crate) fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// An `If-Match` header: the etag quoted, or `*`.
+pub(crate) fn if_match(etag: Option<String>) -> Vec<(&'static str, String)> {
+    vec![(
+        "if-match",
+        etag.map_or_else(
+            || "*".to_owned(),
+            |e| format!("\"{}\"", e.trim_matches('"')),
+        ),
+    )]
+}

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::api::{Api, seg};
+use crate::api::{Api, if_match, print, s, seg, set};
 use crate::cli::{
     CertificateCommand, DpsCommand, EnrollmentCommand, EnrollmentSettings, GroupCommand, Output,
     RegistrationCommand,
@@ -19,10 +19,7 @@ pub(crate) fn run(
     command: DpsCommand,
     output: Output,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::api::runtime()?;
     runtime.block_on(async {
         let api = Api::new(api_args, "MUSTER_DPS_CONNECTION_STRING")?;
         match command {
@@ -32,27 +29,6 @@ pub(crate) fn run(
             DpsCommand::Registration(c) => registration(&api, c, output).await,
         }
     })
-}
-
-fn print(output: Output, value: &Value, table: impl FnOnce(&Value)) {
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
-        Output::Table => table(value),
-    }
-}
-
-/// Set a field of a JSON object (no-op on anything else).
-fn set(doc: &mut Value, key: &str, value: Value) {
-    if let Some(o) = doc.as_object_mut() {
-        o.insert(key.to_owned(), value);
-    }
-}
-
-fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn cert_row(c: &Value) {
@@ -70,16 +46,6 @@ fn cert_row(c: &Value) {
         s(c, "/properties/thumbprint"),
         s(c, "/properties/subject"),
     );
-}
-
-fn if_match(etag: Option<String>) -> Vec<(&'static str, String)> {
-    vec![(
-        "if-match",
-        etag.map_or_else(
-            || "*".to_owned(),
-            |e| format!("\"{}\"", e.trim_matches('"')),
-        ),
-    )]
 }
 
 fn read_text(path: &std::path::Path) -> Result<String> {

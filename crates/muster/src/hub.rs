@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::api::{Api, seg};
+use crate::api::{Api, if_match, print, s, seg, set};
 use crate::cli::{DeviceIdentityCommand, DeviceTwinCommand, HubCommand, Output};
 
 pub(crate) fn run(
@@ -12,10 +12,7 @@ pub(crate) fn run(
     command: HubCommand,
     output: Output,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::api::runtime()?;
     runtime.block_on(async {
         let api = Api::new(api_args, "MUSTER_HUB_CONNECTION_STRING")?;
         match command {
@@ -23,20 +20,6 @@ pub(crate) fn run(
             HubCommand::DeviceTwin(c) => twin(&api, c, output).await,
         }
     })
-}
-
-fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
-fn print(output: Output, value: &Value, table: impl FnOnce(&Value)) {
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
-        Output::Table => table(value),
-    }
 }
 
 fn device_row(d: &Value) {
@@ -48,22 +31,6 @@ fn device_row(d: &Value) {
         s(d, "/connectionState"),
         s(d, "/lastActivityTime")
     );
-}
-
-fn if_match(etag: Option<String>) -> Vec<(&'static str, String)> {
-    vec![(
-        "if-match",
-        etag.map_or_else(
-            || "*".to_owned(),
-            |e| format!("\"{}\"", e.trim_matches('"')),
-        ),
-    )]
-}
-
-fn set(doc: &mut Value, key: &str, value: Value) {
-    if let Some(o) = doc.as_object_mut() {
-        o.insert(key.to_owned(), value);
-    }
 }
 
 fn parse(flag: &str, text: &str) -> Result<Value> {
