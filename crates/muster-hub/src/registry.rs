@@ -624,3 +624,61 @@ impl Registry {
         Ok((Self::twin_view(&twin, &saved.etag, &device), notification))
     }
 }
+
+impl Registry {
+    /// The stored device document (without etag) if it exists.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn device_document(&self, hub: &str, id: &str) -> Result<Option<Value>, HubError> {
+        Ok(self
+            .store
+            .get(Collection::Devices, &docs::key(hub, id))
+            .await?
+            .map(|r| r.body))
+    }
+
+    /// The device's own view of its twin (`{"desired":…, "reported":…}`).
+    ///
+    /// # Errors
+    /// [`HubError::DeviceNotFound`].
+    pub async fn device_twin(&self, hub: &str, id: &str) -> Result<Value, HubError> {
+        let (twin, _) = self.load_twin(hub, id).await?;
+        Ok(twin::device_view(&twin.body))
+    }
+
+    /// Apply a device's reported-properties patch; returns the new reported `$version`.
+    /// Retries on a concurrent write so versions stay exact.
+    ///
+    /// # Errors
+    /// [`HubError::Twin`] for rule violations, [`HubError::DeviceNotFound`].
+    pub async fn patch_reported(
+        &self,
+        hub: &str,
+        id: &str,
+        patch: &Value,
+    ) -> Result<u64, HubError> {
+        for _ in 0..8 {
+            let (record, _) = self.load_twin(hub, id).await?;
+            let mut twin = record.body.clone();
+            let version =
+                twin::patch_properties(&mut twin, Section::Reported, patch, &now(), &self.limits)?;
+            match self
+                .store
+                .put(
+                    Collection::Twins,
+                    &docs::key(hub, id),
+                    Some(&hub.to_ascii_lowercase()),
+                    &twin,
+                    Precondition::IfMatch(record.etag),
+                )
+                .await
+            {
+                Ok(_) => return Ok(version),
+                Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(HubError::PreconditionFailed)
+    }
+}

@@ -24,6 +24,7 @@ mod json;
 mod mqtt;
 mod operations;
 mod rest;
+mod sessions;
 pub mod tls;
 mod webhook;
 
@@ -55,8 +56,22 @@ pub struct Context {
     pub(crate) limits: Limits,
     pub(crate) id_scope: String,
     pub(crate) state: State,
+    /// Connected hub devices and persistent sessions.
+    pub(crate) sessions: sessions::Sessions,
     /// Lower-case host names and addresses a management token may name.
     pub(crate) resource_hosts: Vec<String>,
+}
+
+impl Context {
+    /// The logical hub a host name addresses (the default hub for addresses and unknown names).
+    pub(crate) fn hub_for_host(&self, host: &str) -> String {
+        self.hub_hostnames
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(host))
+            .or_else(|| self.hub_hostnames.first())
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Start-up failures.
@@ -182,6 +197,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         registry,
         hub_hostnames: config.hostnames.clone(),
         operations: operations::Operations::default(),
+        sessions: sessions::Sessions::default(),
         retry_after: config.dps.retry_after,
         rate_limit: operations::RateLimit::new(config.dps.rate_limit),
         limits: config.limits.clone(),

@@ -557,11 +557,15 @@ async fn bad_mqtt_input_closes_the_connection() {
     dev.send(&Packet::PingReq).await;
     assert!(matches!(dev.recv().await, Some(Packet::PingResp)));
 
-    // Hub usernames are refused until the hub endpoint exists.
+    // Hub usernames go to the hub endpoint, which refuses unknown devices.
     let dev = server
         .mqtt("d", "localhost/d/?api-version=2021-04-12", None, None)
         .await;
-    assert_eq!(dev.connack.code, ConnectReturnCode::ServerUnavailable);
+    assert_eq!(
+        dev.connack.code,
+        ConnectReturnCode::NotAuthorized,
+        "hub endpoint: unknown device"
+    );
 }
 
 #[tokio::test]

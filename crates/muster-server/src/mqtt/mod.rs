@@ -7,16 +7,17 @@
 
 pub(crate) mod connection;
 mod dps;
+mod hub;
 
 use std::sync::Arc;
 
-use muster_mqtt::{ConnAck, ConnectReturnCode, Packet};
+use muster_mqtt::Packet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::Context;
 use connection::Connection;
@@ -111,18 +112,7 @@ async fn handle(
         )
         .await;
     } else {
-        // The device (hub) endpoint is the IoT hub issue's work; until then hub clients are
-        // told the service is unavailable rather than being silently dropped.
-        info!(
-            username,
-            "hub connection refused: the hub endpoint is not available on this server yet"
-        );
-        let _ = conn
-            .write_packet(&Packet::ConnAck(ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::ServerUnavailable,
-            }))
-            .await;
+        hub::run(&mut conn, ctx, &connect, peer, shutdown).await;
     }
     conn.shutdown().await;
 }

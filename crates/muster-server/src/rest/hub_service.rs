@@ -127,11 +127,14 @@ async fn put_device(
     body: axum::body::Bytes,
 ) -> ApiResult {
     let body = body_json(&body)?;
-    Ok(etagged(
-        ctx.registry
-            .put_device(&hub.0, &id, &body, if_match(&headers).as_deref())
-            .await?,
-    ))
+    let device = ctx
+        .registry
+        .put_device(&hub.0, &id, &body, if_match(&headers).as_deref())
+        .await?;
+    if device.get("status").and_then(Value::as_str) == Some("disabled") {
+        ctx.sessions.kick(&muster_hub::docs::key(&hub.0, &id));
+    }
+    Ok(etagged(device))
 }
 
 async fn delete_device(
@@ -143,6 +146,7 @@ async fn delete_device(
     ctx.registry
         .delete_device(&hub.0, &id, if_match(&headers).as_deref())
         .await?;
+    ctx.sessions.kick(&muster_hub::docs::key(&hub.0, &id));
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -168,14 +172,17 @@ async fn update(
         .update_twin(hub, id, &body, if_match(headers).as_deref(), replace)
         .await?;
     if let Some(n) = notification {
-        // Delivered to the device by the hub's MQTT endpoint once it exists; the twin is stored.
+        let version = n.get("$version").and_then(Value::as_u64).unwrap_or(0);
+        let delivered = ctx.sessions.send(
+            &muster_hub::docs::key(hub, id),
+            crate::sessions::Outbound {
+                topic: format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+                payload: n.to_string().into_bytes(),
+            },
+        );
         info!(
             device_id = id,
-            version = n
-                .get("$version")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
-            "desired properties changed"
+            version, delivered, "desired properties changed"
         );
     }
     Ok(etagged(twin))

@@ -1,0 +1,123 @@
+//! Connected hub devices: who holds each device's connection, how to reach it, and the
+//! subscriptions of CleanSession=0 sessions.
+//!
+//! Ownership: the map is touched only when a device connects or disconnects and when a service
+//! needs to reach one device (a desired patch, a kick) — never per telemetry message. Each
+//! session owns its socket; others reach it through a bounded channel, so a slow device cannot
+//! stall a service call (a full channel drops the notification; the device re-reads its twin
+//! on reconnect).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Something to send to a connected device.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    generation: u64,
+    tx: mpsc::Sender<Outbound>,
+    kick: CancellationToken,
+}
+
+/// A live session's handles.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) generation: u64,
+    pub(crate) rx: mpsc::Receiver<Outbound>,
+    pub(crate) kicked: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    live: Mutex<HashMap<String, Entry>>,
+    /// Subscriptions kept for CleanSession=0 clients, by session key.
+    persistent: Mutex<HashMap<String, Vec<String>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+const QUEUE: usize = 64;
+
+impl Sessions {
+    /// Take over `key`: a previous connection of the same device is closed.
+    pub(crate) fn register(&self, key: &str) -> Registration {
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let kicked = CancellationToken::new();
+        if let Ok(mut live) = self.live.lock()
+            && let Some(old) = live.insert(
+                key.to_owned(),
+                Entry {
+                    generation,
+                    tx,
+                    kick: kicked.clone(),
+                },
+            )
+        {
+            old.kick.cancel();
+        }
+        Registration {
+            generation,
+            rx,
+            kicked,
+        }
+    }
+
+    /// Forget `key` if `generation` still owns it.
+    pub(crate) fn unregister(&self, key: &str, generation: u64) {
+        if let Ok(mut live) = self.live.lock()
+            && live.get(key).is_some_and(|e| e.generation == generation)
+        {
+            live.remove(key);
+        }
+    }
+
+    /// Queue a message for a connected device; `false` when it is not connected or its queue is
+    /// full.
+    pub(crate) fn send(&self, key: &str, message: Outbound) -> bool {
+        let tx = match self.live.lock() {
+            Ok(live) => live.get(key).map(|e| e.tx.clone()),
+            Err(_) => None,
+        };
+        tx.is_some_and(|tx| tx.try_send(message).is_ok())
+    }
+
+    /// Close the device's connection (deleted or disabled).
+    pub(crate) fn kick(&self, key: &str) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(e) = live.remove(key)
+        {
+            e.kick.cancel();
+        }
+        self.forget(key);
+    }
+
+    /// Saved subscriptions of a persistent session.
+    pub(crate) fn saved(&self, key: &str) -> Option<Vec<String>> {
+        self.persistent
+            .lock()
+            .ok()
+            .and_then(|p| p.get(key).cloned())
+    }
+
+    /// Save the subscriptions of a persistent session.
+    pub(crate) fn save(&self, key: &str, subscriptions: Vec<String>) {
+        if let Ok(mut p) = self.persistent.lock() {
+            p.insert(key.to_owned(), subscriptions);
+        }
+    }
+
+    /// Drop a session's saved state (CleanSession=1, or the device is gone).
+    pub(crate) fn forget(&self, key: &str) {
+        if let Ok(mut p) = self.persistent.lock() {
+            p.remove(key);
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The hub's device endpoint over real TLS: a provisioned device connects with its
+//! certificate, reads its twin, reports properties and receives desired patches; SAS devices;
+//! refusals; topic isolation; takeover by a second connection; deletion closes the session.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails loudly on anything unexpected"
+)]
+
+mod common;
+
+use common::{Mqtt, TestServer, dps_username};
+use muster_mqtt::{ConnectReturnCode, Packet, QoS, SubAckReturnCode};
+use muster_test_support::Pki;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const HUB_USER: &str = "localhost/device-1/?api-version=2021-04-12&DeviceClientType=muster-tests";
+
+async fn provisioned(server: &TestServer, pki: &Pki) -> String {
+    let rest = server.rest();
+    rest.upload_verified_ca("root-ca", &pki.root.cert.pem, &pki.root.cert.key_pem)
+        .await;
+    rest.ok(
+        Method::PUT,
+        "/enrollmentGroups/lab",
+        Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "root-ca"}}},
+                    "initialTwin": {"properties": {"desired": {"telemetryDelay": "1"}}}})),
+        &[],
+    )
+    .await;
+    let chain = format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem);
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            &dps_username(&server.id_scope(), "device-1"),
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    let (_, _, polled) = dev.dps_register("device-1", Value::Null).await;
+    assert_eq!(polled.unwrap().1["status"], "assigned");
+    chain
+}
+
+fn hub_rest(server: &TestServer) -> common::Rest {
+    let cs = server.running.info["hubConnectionString"].as_str().unwrap();
+    common::Rest::new(cs, &server.ca_pem(), server.running.https_addr)
+}
+
+async fn twin_request(dev: &mut Mqtt, topic: &str, body: &[u8], id: u16) -> muster_mqtt::Publish {
+    dev.publish(topic, body, id).await;
+    dev.next_publish().await
+}
+
+#[tokio::test]
+async fn provisioned_device_uses_its_twin() {
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let chain = provisioned(&server, &pki).await;
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::Accepted);
+    assert!(!dev.connack.session_present);
+    assert_eq!(
+        dev.subscribe("$iothub/twin/res/#").await,
+        vec![SubAckReturnCode::Success(QoS::AtLeastOnce)]
+    );
+    assert_eq!(
+        dev.subscribe("$iothub/twin/PATCH/properties/desired/#")
+            .await,
+        vec![SubAckReturnCode::Success(QoS::AtLeastOnce)]
+    );
+
+    // GET: the enrollment's initial twin, without a `properties` wrapper.
+    let reply = twin_request(&mut dev, "$iothub/twin/GET/?$rid=1", b" ", 2).await;
+    assert_eq!(reply.topic, "$iothub/twin/res/200/?$rid=1");
+    let twin: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(twin["desired"]["telemetryDelay"], "1");
+    assert_eq!(twin["desired"]["$version"], 1);
+
+    // Reported patch: 204 with the new reported version.
+    let reply = twin_request(
+        &mut dev,
+        "$iothub/twin/PATCH/properties/reported/?$rid=2",
+        br#"{"telemetryDelay": 1}"#,
+        3,
+    )
+    .await;
+    assert_eq!(reply.topic, "$iothub/twin/res/204/?$rid=2&$version=2");
+    assert!(reply.payload.is_empty());
+    // A bad patch: a non-2xx status and a JSON body with errorCode (what the Node SDK reads).
+    let reply = twin_request(
+        &mut dev,
+        "$iothub/twin/PATCH/properties/reported/?$rid=3",
+        br#"{"$bad": 1}"#,
+        4,
+    )
+    .await;
+    assert!(
+        reply.topic.starts_with("$iothub/twin/res/400/?$rid=3"),
+        "{}",
+        reply.topic
+    );
+    let err: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(err["errorCode"].as_u64().is_some() && err["message"].is_string());
+
+    // The operator changes the desired property: the device is told, with $version.
+    let rest = hub_rest(&server);
+    let twin = rest
+        .ok(
+            Method::PATCH,
+            "/twins/device-1",
+            Some(json!({"properties": {"desired": {"telemetryDelay": "2"}}})),
+            &[("if-match", "*")],
+        )
+        .await;
+    assert_eq!(
+        twin["properties"]["reported"]["telemetryDelay"], 1,
+        "the service sees the reported value"
+    );
+    let patch = dev.next_publish().await;
+    assert_eq!(
+        patch.topic,
+        "$iothub/twin/PATCH/properties/desired/?$version=2"
+    );
+    let body: Value = serde_json::from_slice(&patch.payload).unwrap();
+    assert_eq!(body, json!({"telemetryDelay": "2", "$version": 2}));
+
+    // Topic isolation: another device's topics are refused.
+    assert_eq!(
+        dev.subscribe("devices/device-2/messages/devicebound/#")
+            .await,
+        vec![SubAckReturnCode::Failure]
+    );
+    dev.publish("devices/device-2/messages/events/", b"{}", 9)
+        .await;
+    assert!(
+        dev.recv().await.is_none(),
+        "publishing as another device closes the connection"
+    );
+}
+
+#[tokio::test]
+async fn sessions_refusals_takeover_and_deletion() {
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let chain = provisioned(&server, &pki).await;
+
+    // Wrong certificate, unknown device, mismatched client id.
+    let other = pki.intermediate.leaf("device-1");
+    let other_chain = format!("{}{}", other.pem, pki.intermediate.cert.pem);
+    let dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&other_chain, &other.key_pem)),
+        )
+        .await;
+    assert_eq!(
+        dev.connack.code,
+        ConnectReturnCode::NotAuthorized,
+        "thumbprint pinning"
+    );
+    let dev = server
+        .mqtt(
+            "ghost",
+            "localhost/ghost/?api-version=2021-04-12",
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::NotAuthorized);
+    let dev = server
+        .mqtt("someone", HUB_USER, None, Some((&chain, &pki.leaf.key_pem)))
+        .await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::IdentifierRejected);
+
+    // Persistent session: subscriptions survive a reconnect (the Python SDK never re-subscribes).
+    let mut first = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    first
+        .subscribe("$iothub/twin/PATCH/properties/desired/#")
+        .await;
+    let mut second = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    assert!(second.connack.session_present);
+    assert!(
+        first.recv().await.is_none(),
+        "a second connection closes the first"
+    );
+    let rest = hub_rest(&server);
+    rest.ok(
+        Method::PATCH,
+        "/twins/device-1",
+        Some(json!({"properties": {"desired": {"telemetryDelay": "3"}}})),
+        &[],
+    )
+    .await;
+    let patch = second.next_publish().await;
+    assert!(
+        patch
+            .topic
+            .starts_with("$iothub/twin/PATCH/properties/desired/"),
+        "{}",
+        patch.topic
+    );
+
+    // Telemetry is not accepted yet: the connection closes (and says so in the log).
+    second
+        .publish("devices/device-1/messages/events/", b"{}", 7)
+        .await;
+    assert!(matches!(
+        second.recv().await,
+        None | Some(Packet::PubAck(_))
+    ));
+
+    // Deleting the device closes its connection and refuses it afterwards.
+    let mut third = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    assert_eq!(third.connack.code, ConnectReturnCode::Accepted);
+    let (status, _, _) = rest
+        .send(
+            Method::DELETE,
+            "/devices/device-1",
+            None,
+            &[("if-match", "*")],
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(third.recv().await.is_none(), "deletion closes the session");
+    let dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::NotAuthorized);
+}
+
+#[tokio::test]
+async fn sas_devices_authenticate_with_their_keys() {
+    let server = TestServer::start().await;
+    let rest = hub_rest(&server);
+    let device = rest.ok(Method::PUT, "/devices/sas-1", Some(json!({"deviceId": "sas-1", "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}}})), &[]).await;
+    let key = muster_auth::Secret::new(
+        device["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap(),
+    );
+    let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3600;
+    let user = "localhost/sas-1/?api-version=2019-10-01";
+    let token = muster_auth::sas::make_token("localhost/devices/sas-1", &key, None, exp).unwrap();
+    let mut dev = server.mqtt("sas-1", user, Some(&token), None).await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::Accepted);
+    dev.subscribe("$iothub/twin/res/#").await;
+    let reply = twin_request(&mut dev, "$iothub/twin/GET/?$rid=x", b" ", 1).await;
+    assert_eq!(reply.topic, "$iothub/twin/res/200/?$rid=x");
+    for (token, why) in [
+        (
+            muster_auth::sas::make_token(
+                "localhost/devices/sas-1",
+                &muster_auth::Secret::new("AAAAAAAAAAAAAAAAAAAAAA=="),
+                None,
+                exp,
+            )
+            .unwrap(),
+            "wrong key",
+        ),
+        (
+            muster_auth::sas::make_token("localhost/devices/sas-1", &key, None, 10).unwrap(),
+            "expired",
+        ),
+        (
+            muster_auth::sas::make_token("localhost/devices/other", &key, None, exp).unwrap(),
+            "other device",
+        ),
+    ] {
+        let dev = server.mqtt("sas-1", user, Some(&token), None).await;
+        assert_eq!(dev.connack.code, ConnectReturnCode::NotAuthorized, "{why}");
+    }
+    // A token that expires while connected ends the session.
+    let short = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 2;
+    let token = muster_auth::sas::make_token("localhost/devices/sas-1", &key, None, short).unwrap();
+    let mut dev = server.mqtt("sas-1", user, Some(&token), None).await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::Accepted);
+    assert!(dev.recv().await.is_none(), "disconnected at token expiry");
+    // Disabling the device refuses it.
+    let mut d = rest.ok(Method::GET, "/devices/sas-1", None, &[]).await;
+    d["status"] = json!("disabled");
+    rest.ok(Method::PUT, "/devices/sas-1", Some(d), &[("if-match", "*")])
+        .await;
+    let token = muster_auth::sas::make_token("localhost/devices/sas-1", &key, None, exp).unwrap();
+    let dev = server.mqtt("sas-1", user, Some(&token), None).await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::NotAuthorized);
+}
