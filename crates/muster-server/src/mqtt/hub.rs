@@ -149,7 +149,7 @@ async fn authenticate(
             Ok(None)
         }
         "certificateAuthority" => {
-            if !leaf.common_name().is_some_and(|cn| cn == device_id) {
+            if leaf.common_name().is_none_or(|cn| cn != device_id) {
                 return Err(format!(
                     "the certificate CN is not the device id '{device_id}'"
                 ));
