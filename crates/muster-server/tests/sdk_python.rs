@@ -476,3 +476,102 @@ async fn python_service_sdk_manages_devices_and_twins() {
     assert_eq!(result["existing"]["updatedTelemetryDelay"], "2");
     assert_eq!(result["getAfterDeleteStatus"], 404, "{result}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_device_sdk_follows_its_twin_on_the_hub() {
+    let Some(py) = python() else { return };
+    let server = server_on(15).await;
+    let pki = Pki::new();
+    x509_group(&server, &pki.root.cert.pem, &pki.root.cert.key_pem).await;
+    let dir = server.dir.path().to_path_buf();
+    let cert = write(
+        &dir,
+        "device-1.pem",
+        &format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem),
+    );
+    let key = write(&dir, "device-1.key.pem", &pki.leaf.key_pem);
+    let trust = server.data_dir().join("tls/ca.pem").display().to_string();
+    let scope = server.id_scope();
+    let host = "127.0.0.15";
+    let (py2, cert2, key2, trust2) = (py.clone(), cert.clone(), key.clone(), trust.clone());
+    let provisioned = tokio::task::spawn_blocking(move || {
+        run(
+            &py2,
+            "provision_x509.py",
+            &[
+                "--host",
+                host,
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "device-1",
+                "--cert",
+                &cert2,
+                "--key",
+                &key2,
+                "--trust",
+                &trust2,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(provisioned["ok"], true, "{provisioned}");
+    // The device connects to the hub, reads its twin, reports, and waits for a desired patch.
+    let device = tokio::task::spawn_blocking(move || {
+        run(
+            &py,
+            "hub_device.py",
+            &[
+                "--host",
+                host,
+                "--device-id",
+                "device-1",
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--trust",
+                &trust,
+                "--wait",
+                "30",
+            ],
+        )
+    });
+    let cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rest = common::Rest::new(&cs, &server.ca_pem(), server.running.https_addr);
+    // Wait until the device has reported, then change the desired property.
+    let mut reported = false;
+    for _ in 0..100 {
+        let twin = rest.ok(Method::GET, "/twins/device-1", None, &[]).await;
+        if twin["properties"]["reported"]["telemetryDelay"] == 1 {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(reported, "the device never reported telemetryDelay");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    rest.ok(
+        Method::PATCH,
+        "/twins/device-1",
+        Some(json!({"properties": {"desired": {"telemetryDelay": "2"}}})),
+        &[],
+    )
+    .await;
+    let result = device.await.unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(
+        result["desired"]["telemetryDelay"], "1",
+        "initial twin from the enrollment group"
+    );
+    // The SDK first hands the app the full desired section it read at connect (version 1), then
+    // the patch the operator made.
+    let patches = result["patches"].as_array().unwrap();
+    let last = patches.last().unwrap();
+    assert_eq!(last["telemetryDelay"], "2", "{result}");
+    assert_eq!(last["$version"], 2);
+}
