@@ -7,6 +7,7 @@
 //! - this file: the [`Store`] trait and its contract, [`Collection`], [`Record`],
 //!   [`Precondition`], [`Write`], [`StoreError`].
 //! - [`sqlite`]: the embedded backend (WAL, migrations by `user_version`).
+//! - [`events`]: the built-in event log ([`events::EventLog`]) with group commit.
 //! - [`conformance`]: the behaviour every backend must show, as a test suite any backend's tests
 //!   call.
 //!
@@ -29,6 +30,7 @@
 //! - Reads see every write that returned before them (read-your-writes on one node).
 
 pub mod conformance;
+pub mod events;
 pub mod sqlite;
 
 use async_trait::async_trait;
