@@ -83,7 +83,7 @@ async fn event_log_appends_in_order_reads_from_any_point_and_survives_reopen() {
         module_id: None,
         properties: vec![(
             "temperatureAlert".into(),
-            if n % 2 == 0 { "true" } else { "false" }.into(),
+            if n.is_multiple_of(2) { "true" } else { "false" }.into(),
         )],
         system_properties: vec![("message-id".into(), format!("m{n}"))],
         body: format!("{{\"n\":{n}}}").into_bytes(),
@@ -97,7 +97,7 @@ async fn event_log_appends_in_order_reads_from_any_point_and_survives_reopen() {
         let mut tasks = Vec::new();
         for n in 0..200 {
             let log = log.clone();
-            let device = if n % 3 == 0 { "d1" } else { "d2" };
+            let device = if n.is_multiple_of(3) { "d1" } else { "d2" };
             tasks.push(tokio::spawn(async move {
                 log.append(event(device, n)).await.unwrap()
             }));
