@@ -95,7 +95,7 @@ async fn event_log_appends_in_order_reads_from_any_point_and_survives_reopen() {
         let mut watch = log.subscribe();
         // Concurrent appenders share commits; every one gets a distinct sequence number.
         let mut tasks = Vec::new();
-        for n in 0..200 {
+        for n in 0..200_usize {
             let log = log.clone();
             let device = if n.is_multiple_of(3) { "d1" } else { "d2" };
             tasks.push(tokio::spawn(async move {
