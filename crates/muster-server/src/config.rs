@@ -44,6 +44,10 @@ retry_after = 1
 # Registrations accepted per second for the ID scope; more are answered 429 with retry-after
 # (the SDKs retry). 0 = no limit.
 rate_limit = 0
+
+[hub]
+# How long device-to-cloud messages stay readable in the built-in event log.
+event_retention = "1d"
 "#;
 
 /// Listener and resource limits.
@@ -95,6 +99,23 @@ impl Default for DpsSettings {
     }
 }
 
+/// Hub settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSettings {
+    /// How long events are kept.
+    #[serde(deserialize_with = "duration")]
+    pub event_retention: Duration,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self {
+            event_retention: Duration::from_secs(86_400),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -113,6 +134,8 @@ pub struct Config {
     pub limits: Limits,
     /// DPS settings.
     pub dps: DpsSettings,
+    /// Hub settings.
+    pub hub: HubSettings,
 }
 
 impl Default for Config {
@@ -125,6 +148,7 @@ impl Default for Config {
             hostnames: vec!["localhost".to_owned()],
             limits: Limits::default(),
             dps: DpsSettings::default(),
+            hub: HubSettings::default(),
         }
     }
 }
@@ -235,6 +259,7 @@ mod tests {
         assert_eq!(parsed.limits.max_packet_size, def.limits.max_packet_size);
         assert_eq!(parsed.dps.retry_after, def.dps.retry_after);
         assert_eq!(parsed.dps.rate_limit, def.dps.rate_limit);
+        assert_eq!(parsed.hub.event_retention, def.hub.event_retention);
     }
 
     #[test]

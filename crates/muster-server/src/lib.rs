@@ -56,6 +56,8 @@ pub struct Context {
     pub(crate) limits: Limits,
     pub(crate) id_scope: String,
     pub(crate) state: State,
+    /// The built-in event log (device-to-cloud messages).
+    pub(crate) events: Arc<dyn muster_store::events::EventLog>,
     /// Connected hub devices and persistent sessions.
     pub(crate) sessions: sessions::Sessions,
     /// Lower-case host names and addresses a management token may name.
@@ -165,6 +167,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let (paths, state) = bootstrap::prepare(&config)?;
     let store: Arc<dyn muster_store::Store> = Arc::new(SqliteStore::open(&paths.database())?);
     let registry = muster_hub::registry::Registry::new(Arc::clone(&store));
+    let events: Arc<dyn muster_store::events::EventLog> =
+        Arc::new(muster_store::events::SqliteEventLog::open(
+            &paths.dir.join("events.db"),
+            config.hub.event_retention,
+        )?);
     let hubs: Vec<Hub> = config
         .hostnames
         .iter()
@@ -198,6 +205,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         hub_hostnames: config.hostnames.clone(),
         operations: operations::Operations::default(),
         sessions: sessions::Sessions::default(),
+        events,
         retry_after: config.dps.retry_after,
         rate_limit: operations::RateLimit::new(config.dps.rate_limit),
         limits: config.limits.clone(),

@@ -51,6 +51,31 @@ fn hub_rest(server: &TestServer) -> common::Rest {
     common::Rest::new(cs, &server.ca_pem(), server.running.https_addr)
 }
 
+/// Read `n` events from the stream, starting at `from`.
+async fn read_events(rest: &common::Rest, from: &str, n: usize) -> Vec<Value> {
+    let mut resp = rest
+        .client
+        .get(format!("{}/messages/events?from={from}", rest.base))
+        .header("authorization", rest.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while text.lines().count() < n {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("events within 10 s")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 async fn twin_request(dev: &mut Mqtt, topic: &str, body: &[u8], id: u16) -> muster_mqtt::Publish {
     dev.publish(topic, body, id).await;
     dev.next_publish().await
@@ -135,6 +160,21 @@ async fn provisioned_device_uses_its_twin() {
     );
     let body: Value = serde_json::from_slice(&patch.payload).unwrap();
     assert_eq!(body, json!({"telemetryDelay": "2", "$version": 2}));
+
+    // A live stream from `latest` receives what arrives after it opened.
+    let live_rest = hub_rest(&server);
+    let live = tokio::spawn(async move { read_events(&live_rest, "latest", 1).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    dev.publish(
+        "devices/device-1/messages/events/alert=1",
+        br#"{"live":true}"#,
+        20,
+    )
+    .await;
+    assert!(matches!(dev.recv().await, Some(Packet::PubAck(20))));
+    let got = live.await.unwrap();
+    assert_eq!(got[0]["body"]["live"], true);
+    assert_eq!(got[0]["properties"]["alert"], "1");
 
     // Topic isolation: another device's topics are refused.
     assert_eq!(
@@ -228,14 +268,44 @@ async fn sessions_refusals_takeover_and_deletion() {
         patch.topic
     );
 
-    // Telemetry is not accepted yet: the connection closes (and says so in the log).
+    // Telemetry: PUBACK once durable, then visible in the event stream with its properties.
+    let topic = "devices/device-1/messages/events/%24.mid=m-1&%24.ct=application%2Fjson&%24.ce=utf-8&temperatureAlert=true&sp%20ace=a%2Fb";
+    second.publish(topic, br#"{"temperature":31.5}"#, 7).await;
+    assert!(matches!(second.recv().await, Some(Packet::PubAck(7))));
     second
-        .publish("devices/device-1/messages/events/", b"{}", 7)
+        .publish("devices/device-1/messages/events/", &[0xff, 0x00, 0x80], 8)
         .await;
-    assert!(matches!(
-        second.recv().await,
-        None | Some(Packet::PubAck(_))
-    ));
+    assert!(matches!(second.recv().await, Some(Packet::PubAck(8))));
+    let events = read_events(&rest, "earliest", 2).await;
+    assert_eq!(events[0]["deviceId"], "device-1");
+    assert_eq!(events[0]["body"]["temperature"], 31.5);
+    assert_eq!(
+        events[0]["properties"],
+        json!({"temperatureAlert": "true", "sp ace": "a/b"})
+    );
+    assert_eq!(events[0]["systemProperties"]["message-id"], "m-1");
+    assert_eq!(
+        events[0]["systemProperties"]["content-type"],
+        "application/json"
+    );
+    assert_eq!(
+        events[0]["systemProperties"]["iothub-connection-device-id"],
+        "device-1"
+    );
+    assert_eq!(events[1]["bodyEncoding"], "base64");
+    assert_eq!(
+        events[1]["sequenceNumber"].as_u64().unwrap(),
+        events[0]["sequenceNumber"].as_u64().unwrap() + 1
+    );
+    // Oversized telemetry (over 256 KB) closes the connection without an acknowledgement.
+    second
+        .publish(
+            "devices/device-1/messages/events/",
+            &vec![b'x'; 256 * 1024 + 1],
+            9,
+        )
+        .await;
+    assert!(second.recv().await.is_none());
 
     // Deleting the device closes its connection and refuses it afterwards.
     let mut third = server

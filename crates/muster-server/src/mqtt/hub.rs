@@ -7,9 +7,9 @@
 //! for the same device closes the first; deleting or disabling the device closes it too. A SAS
 //! session ends when its token expires.
 //!
-//! Implemented today: twin GET, reported patches, desired-patch notifications, persistent
-//! subscriptions for CleanSession=0. Telemetry, cloud-to-device and methods come with the event
-//! log; until then a telemetry publish closes the connection with a log line saying so.
+//! Implemented today: telemetry into the durable event log (PUBACK after the append), twin GET,
+//! reported patches, desired-patch notifications, persistent subscriptions for CleanSession=0.
+//! Cloud-to-device messages and direct methods are not implemented yet.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -35,6 +35,67 @@ const TWIN_DESIRED: &str = "$iothub/twin/PATCH/properties/desired/#";
 const METHODS: &str = "$iothub/methods/POST/#";
 const TWIN_GET: &str = "$iothub/twin/GET/";
 const TWIN_REPORTED: &str = "$iothub/twin/PATCH/properties/reported/";
+/// IoT Hub's device-to-cloud message limit.
+const MAX_TELEMETRY: usize = 256 * 1024;
+
+/// Azure property-bag system keys and the names the event stream gives them.
+const SYSTEM_KEYS: [(&str, &str); 10] = [
+    ("$.mid", "message-id"),
+    ("$.cid", "correlation-id"),
+    ("$.uid", "user-id"),
+    ("$.ct", "content-type"),
+    ("$.ce", "content-encoding"),
+    ("$.exp", "absolute-expiry-time"),
+    ("$.to", "to"),
+    ("$.on", "iothub-outputname"),
+    ("$.ifid", "iothub-interface-id"),
+    ("$.sub", "dt-subject"),
+];
+
+/// Turn a telemetry publish into an event: system properties from the `$.` keys, the rest
+/// application properties; RETAIN becomes `mqtt-retain`.
+fn telemetry_event(
+    hub: &str,
+    device_id: &str,
+    bag: &str,
+    p: &Publish,
+) -> muster_store::events::NewEvent {
+    let now = time::OffsetDateTime::now_utc();
+    let mut system = vec![
+        (
+            "iothub-connection-device-id".to_owned(),
+            device_id.to_owned(),
+        ),
+        (
+            "iothub-enqueuedtime".to_owned(),
+            muster_hub::time_fmt::azure(now),
+        ),
+        ("iothub-message-source".to_owned(), "Telemetry".to_owned()),
+    ];
+    let mut properties = Vec::new();
+    for (k, v) in topic::parse_property_bag(bag.trim_end_matches('/')) {
+        if k.is_empty() {
+            continue;
+        }
+        match SYSTEM_KEYS.iter().find(|(key, _)| *key == k) {
+            Some((_, name)) => system.push(((*name).to_owned(), v)),
+            None => properties.push((k, v)),
+        }
+    }
+    if p.retain {
+        properties.push(("mqtt-retain".to_owned(), "true".to_owned()));
+    }
+    muster_store::events::NewEvent {
+        hub: hub.to_ascii_lowercase(),
+        device_id: device_id.to_owned(),
+        module_id: None,
+        properties,
+        system_properties: system,
+        body: p.payload.to_vec(),
+        enqueued: muster_hub::time_fmt::azure(now),
+        enqueued_unix: now.unix_timestamp(),
+    }
+}
 
 /// `{host}/{deviceId}[/{moduleId}]/?…` → (host, device id, module id).
 pub(super) fn parse_username(username: &str) -> Option<(&str, &str, Option<&str>)> {
@@ -468,13 +529,24 @@ async fn handle_publish(
             },
         ));
     }
-    if p.topic
-        .starts_with(&format!("devices/{device_id}/messages/events/"))
-    {
-        warn!(
-            "telemetry is not accepted yet: the event log is not implemented on this server; closing"
-        );
-        return Err("telemetry not supported yet");
+    let events_prefix = format!("devices/{device_id}/messages/events/");
+    if let Some(bag) = p.topic.strip_prefix(&events_prefix) {
+        if p.payload.len() > MAX_TELEMETRY {
+            warn!(
+                size = p.payload.len(),
+                "telemetry message over 256 KB; closing"
+            );
+            return Err("telemetry message too large");
+        }
+        let event = telemetry_event(hub, device_id, bag, p);
+        return match ctx.events.append(event).await {
+            // Acknowledged (by the caller's PUBACK) only now that it is durable.
+            Ok(_) => Ok(None),
+            Err(e) => {
+                warn!(error = %e, "telemetry could not be stored; closing without acknowledging");
+                Err("event log unavailable")
+            }
+        };
     }
     warn!(
         topic = p.topic,

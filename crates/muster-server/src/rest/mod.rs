@@ -8,6 +8,7 @@
 mod auth;
 mod dps_device;
 mod dps_service;
+mod events;
 pub(crate) mod hub_service;
 
 use std::sync::Arc;
@@ -114,10 +115,9 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
         Arc::clone(&ctx),
         auth::require_dps_policy,
     ));
-    let hub = hub_service::routes().route_layer(axum::middleware::from_fn_with_state(
-        Arc::clone(&ctx),
-        auth::require_hub_policy,
-    ));
+    let hub = hub_service::routes().merge(events::routes()).route_layer(
+        axum::middleware::from_fn_with_state(Arc::clone(&ctx), auth::require_hub_policy),
+    );
     Router::new()
         .merge(management)
         .merge(hub)
