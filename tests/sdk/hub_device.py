@@ -20,7 +20,7 @@ def main() -> int:
     out = {"ok": False}
     step = "import"
     try:
-        from azure.iot.device import IoTHubDeviceClient, X509
+        from azure.iot.device import IoTHubDeviceClient, Message, X509
 
         step = "create"
         with open(a.trust, encoding="utf-8") as f:
@@ -46,6 +46,12 @@ def main() -> int:
         out["desired"] = twin.get("desired", {})
         step = "patch_reported"
         client.patch_twin_reported_properties({"telemetryDelay": 1})
+        step = "send_message"
+        msg = Message(json.dumps({"temperature": 31.2, "humidity": 70.1}))
+        msg.content_type = "application/json"
+        msg.content_encoding = "utf-8"
+        msg.custom_properties["temperatureAlert"] = "true"
+        client.send_message(msg)
         print("ready", file=sys.stderr, flush=True)
         step = "wait_patch"
         got_patch.wait(a.wait)

@@ -574,4 +574,28 @@ async fn python_device_sdk_follows_its_twin_on_the_hub() {
     let last = patches.last().unwrap();
     assert_eq!(last["telemetryDelay"], "2", "{result}");
     assert_eq!(last["$version"], 2);
+    // The lab's telemetry, with its temperatureAlert property, is in the event stream.
+    let mut resp = rest
+        .client
+        .get(format!(
+            "{}/messages/events?from=earliest&deviceId=device-1",
+            rest.base
+        ))
+        .header("authorization", rest.token())
+        .send()
+        .await
+        .unwrap();
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: Value =
+        serde_json::from_str(String::from_utf8_lossy(&chunk).lines().next().unwrap()).unwrap();
+    assert_eq!(event["properties"]["temperatureAlert"], "true");
+    assert_eq!(event["body"]["temperature"], 31.2);
+    assert_eq!(
+        event["systemProperties"]["content-type"],
+        "application/json"
+    );
 }

@@ -22,6 +22,8 @@ pub(crate) struct Reply {
 #[derive(Debug)]
 pub(crate) struct Api {
     client: reqwest::Client,
+    /// Same trust, no overall timeout: streams stay open.
+    stream_client: reqwest::Client,
     base: String,
     host: String,
     conn: ConnectionString,
@@ -53,19 +55,32 @@ impl Api {
             .trust
             .clone()
             .unwrap_or_else(|| args.server.data_dir.join("tls/ca.pem"));
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(Duration::from_secs(60));
-        if trust.exists() {
+        let root = if trust.exists() {
             let pem = std::fs::read(&trust)
                 .with_context(|| format!("cannot read {}", trust.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .with_context(|| trust.display().to_string())?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let client = builder.build().context("cannot build the HTTPS client")?;
+            Some(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| trust.display().to_string())?,
+            )
+        } else {
+            None
+        };
+        let build = |timeout: Option<Duration>| {
+            let mut builder = reqwest::Client::builder().use_rustls_tls();
+            if let Some(root) = &root {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            if let Some(t) = timeout {
+                builder = builder.timeout(t);
+            }
+            builder.build().context("cannot build the HTTPS client")
+        };
+        // Same trust; the streaming client has no overall timeout so event streams stay open.
+        let client = build(Some(Duration::from_secs(60)))?;
+        let stream_client = build(None)?;
         Ok(Self {
             client,
+            stream_client,
             base: format!("https://{}", conn.host_name),
             host: conn.host_name.clone(),
             conn,
@@ -134,6 +149,24 @@ impl Api {
             );
         }
         Ok(Reply { body, headers })
+    }
+
+    /// Open a streaming GET (the event stream).
+    pub(crate) async fn stream(&self, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}{path}&api-version=2021-04-12", self.base);
+        let resp = self
+            .stream_client
+            .get(&url)
+            .header("authorization", self.token()?)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            bail!("GET {path}: HTTP {status}: {text}");
+        }
+        Ok(resp)
     }
 
     pub(crate) async fn get(&self, path: &str) -> Result<Value> {

@@ -478,6 +478,21 @@ pub(crate) enum HubCommand {
     /// Device twins.
     #[command(subcommand)]
     DeviceTwin(DeviceTwinCommand),
+    /// Watch device-to-cloud messages as they arrive (like `az iot hub monitor-events`).
+    MonitorEvents {
+        /// Only this device's messages.
+        #[arg(long, short = 'd')]
+        device_id: Option<String>,
+        /// Where to start: latest (default), earliest, or a sequence number.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// Show application properties.
+        #[arg(long)]
+        properties: bool,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

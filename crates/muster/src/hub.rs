@@ -18,6 +18,22 @@ pub(crate) fn run(
         match command {
             HubCommand::DeviceIdentity(c) => identity(&api, c, output).await,
             HubCommand::DeviceTwin(c) => twin(&api, c, output).await,
+            HubCommand::MonitorEvents {
+                device_id,
+                from,
+                properties,
+                timeout,
+            } => {
+                monitor(
+                    &api,
+                    device_id.as_deref(),
+                    &from,
+                    properties,
+                    timeout,
+                    output,
+                )
+                .await
+            }
         }
     })
 }
@@ -192,4 +208,69 @@ async fn twin(api: &Api, cmd: DeviceTwinCommand, output: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn monitor(
+    api: &Api,
+    device: Option<&str>,
+    from: &str,
+    properties: bool,
+    timeout: Option<u64>,
+    output: Output,
+) -> Result<()> {
+    let mut path = format!("/messages/events?from={}", seg(from));
+    if let Some(d) = device {
+        path.push_str(&format!("&deviceId={}", seg(d)));
+    }
+    let mut response = api.stream(&path).await?;
+    if output == Output::Table {
+        eprintln!("Watching device-to-cloud messages (from {from}); Ctrl-C stops.");
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + std::time::Duration::from_secs(t));
+    let mut pending = String::new();
+    loop {
+        let next = response.chunk();
+        let chunk = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, next).await {
+                Ok(c) => c,
+                Err(_) => return Ok(()),
+            },
+            None => next.await,
+        };
+        let Some(bytes) = chunk.context("the event stream broke")? else {
+            return Ok(());
+        };
+        pending.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(i) = pending.find('\n') {
+            let line: String = pending.drain(..=i).collect();
+            let Ok(event) = serde_json::from_str::<Value>(line.trim()) else {
+                continue;
+            };
+            match output {
+                Output::Json => println!("{}", event),
+                Output::Table => {
+                    println!("event:");
+                    println!("  origin: {}", s(&event, "/deviceId"));
+                    println!("  enqueued: {}", s(&event, "/enqueuedTimeUtc"));
+                    println!(
+                        "  payload: {}",
+                        event.get("body").cloned().unwrap_or(Value::Null)
+                    );
+                    if properties {
+                        println!(
+                            "  properties: {}",
+                            event.get("properties").cloned().unwrap_or(Value::Null)
+                        );
+                        println!(
+                            "  system properties: {}",
+                            event
+                                .get("systemProperties")
+                                .cloned()
+                                .unwrap_or(Value::Null)
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
