@@ -25,6 +25,12 @@ pub enum HubError {
     /// 404 DeviceNotFound.
     #[error("device '{0}' not found")]
     DeviceNotFound(String),
+    /// 404 DeviceNotOnline (a direct method for a device that is not connected).
+    #[error("device '{0}' is not online")]
+    DeviceNotOnline(String),
+    /// 504 GatewayTimeoutError (the device did not answer a method in time).
+    #[error("device '{0}' did not answer in time")]
+    GatewayTimeout(String),
     /// 409 DeviceAlreadyExists.
     #[error("device '{0}' already exists")]
     DeviceAlreadyExists(String),
@@ -63,7 +69,8 @@ impl HubError {
             Self::Twin(TwinError::TooLarge { .. }) => 413,
             Self::Twin(_) => 400,
             Self::Unauthorized => 401,
-            Self::DeviceNotFound(_) => 404,
+            Self::DeviceNotFound(_) | Self::DeviceNotOnline(_) => 404,
+            Self::GatewayTimeout(_) => 504,
             Self::DeviceAlreadyExists(_) => 409,
             Self::PreconditionFailed => 412,
             Self::Store(_) => 500,
@@ -77,6 +84,8 @@ impl HubError {
             Self::InvalidInput(_) | Self::Twin(_) => "ArgumentInvalid",
             Self::Unauthorized => "IotHubUnauthorizedAccess",
             Self::DeviceNotFound(_) => "DeviceNotFound",
+            Self::DeviceNotOnline(_) => "DeviceNotOnline",
+            Self::GatewayTimeout(_) => "GatewayTimeoutError",
             Self::DeviceAlreadyExists(_) => "DeviceAlreadyExists",
             Self::PreconditionFailed => "PreconditionFailed",
             Self::Store(_) => "ServerError",

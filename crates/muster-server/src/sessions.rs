@@ -35,9 +35,14 @@ pub(crate) struct Registration {
     pub(crate) kicked: CancellationToken,
 }
 
+/// A direct method's answer: the device's status and JSON payload.
+pub(crate) type MethodReply = (u16, serde_json::Value);
+
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     live: Mutex<HashMap<String, Entry>>,
+    /// Direct-method calls awaiting the device's response, by `{session key}/{rid}`.
+    methods: Mutex<HashMap<String, tokio::sync::oneshot::Sender<MethodReply>>>,
     /// Subscriptions kept for CleanSession=0 clients, by session key.
     persistent: Mutex<HashMap<String, Vec<String>>>,
     next: std::sync::atomic::AtomicU64,
@@ -87,6 +92,41 @@ impl Sessions {
             Err(_) => None,
         };
         tx.is_some_and(|tx| tx.try_send(message).is_ok())
+    }
+
+    /// Whether a device is connected.
+    pub(crate) fn is_connected(&self, key: &str) -> bool {
+        self.live.lock().is_ok_and(|l| l.contains_key(key))
+    }
+
+    /// Register a pending method call; the receiver gets the device's response.
+    pub(crate) fn expect_method(
+        &self,
+        key: &str,
+        rid: &str,
+    ) -> tokio::sync::oneshot::Receiver<MethodReply> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut m) = self.methods.lock() {
+            m.insert(format!("{key}/{rid}"), tx);
+        }
+        rx
+    }
+
+    /// Forget a pending call (timed out).
+    pub(crate) fn abandon_method(&self, key: &str, rid: &str) {
+        if let Ok(mut m) = self.methods.lock() {
+            m.remove(&format!("{key}/{rid}"));
+        }
+    }
+
+    /// Deliver a device's method response; `false` when no call is waiting for it.
+    pub(crate) fn complete_method(&self, key: &str, rid: &str, reply: MethodReply) -> bool {
+        let waiting = self
+            .methods
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&format!("{key}/{rid}")));
+        waiting.is_some_and(|tx| tx.send(reply).is_ok())
     }
 
     /// Close the device's connection (deleted or disabled).

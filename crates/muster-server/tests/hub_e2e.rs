@@ -394,3 +394,82 @@ async fn sas_devices_authenticate_with_their_keys() {
     let dev = server.mqtt("sas-1", user, Some(&token), None).await;
     assert_eq!(dev.connack.code, ConnectReturnCode::NotAuthorized);
 }
+
+#[tokio::test]
+async fn direct_methods_reach_the_device_and_return_its_answer() {
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let chain = provisioned(&server, &pki).await;
+    let rest = hub_rest(&server);
+    // Not connected: 404 DeviceNotOnline.
+    let (status, _, body) = rest
+        .send(
+            Method::POST,
+            "/twins/device-1/methods",
+            Some(json!({"methodName": "reboot", "payload": {}})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ErrorCode:DeviceNotOnline;"),
+        "{body}"
+    );
+
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    dev.subscribe("$iothub/methods/POST/#").await;
+    let caller = tokio::spawn(async move {
+        rest.send(Method::POST, "/twins/device-1/methods", Some(json!({"methodName": "setDelay", "payload": {"seconds": 2}, "responseTimeoutInSeconds": 10})), &[]).await
+    });
+    let request = dev.next_publish().await;
+    assert!(
+        request
+            .topic
+            .starts_with("$iothub/methods/POST/setDelay/?$rid="),
+        "{}",
+        request.topic
+    );
+    let rid = request.topic.rsplit("$rid=").next().unwrap().to_owned();
+    let payload: Value = serde_json::from_slice(&request.payload).unwrap();
+    assert_eq!(payload["seconds"], 2);
+    dev.publish(
+        &format!("$iothub/methods/res/200/?$rid={rid}"),
+        br#"{"applied":2}"#,
+        5,
+    )
+    .await;
+    let (status, _, body) = caller.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": 200, "payload": {"applied": 2}}));
+
+    // A device that never answers: 504 after responseTimeoutInSeconds.
+    let rest = hub_rest(&server);
+    let (status, _, body) = rest
+        .send(
+            Method::POST,
+            "/twins/device-1/methods",
+            Some(json!({"methodName": "slow", "responseTimeoutInSeconds": 5})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 504, "{body}");
+    let (status, _, _) = rest
+        .send(
+            Method::POST,
+            "/twins/device-1/methods",
+            Some(json!({"methodName": "x", "responseTimeoutInSeconds": 500})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400);
+}

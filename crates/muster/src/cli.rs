@@ -478,6 +478,21 @@ pub(crate) enum HubCommand {
     /// Device twins.
     #[command(subcommand)]
     DeviceTwin(DeviceTwinCommand),
+    /// Call a direct method on a connected device and print its answer.
+    InvokeDeviceMethod {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+        /// Method name.
+        #[arg(long)]
+        method_name: String,
+        /// Payload, JSON.
+        #[arg(long, default_value = "{}")]
+        method_payload: String,
+        /// Seconds to wait for the device's answer (5–300).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Watch device-to-cloud messages as they arrive (like `az iot hub monitor-events`).
     MonitorEvents {
         /// Only this device's messages.

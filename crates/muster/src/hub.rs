@@ -18,6 +18,21 @@ pub(crate) fn run(
         match command {
             HubCommand::DeviceIdentity(c) => identity(&api, c, output).await,
             HubCommand::DeviceTwin(c) => twin(&api, c, output).await,
+            HubCommand::InvokeDeviceMethod {
+                device_id,
+                method_name,
+                method_payload,
+                timeout,
+            } => {
+                let payload = parse("--method-payload", &method_payload)?;
+                let body = json!({"methodName": method_name, "payload": payload, "responseTimeoutInSeconds": timeout, "connectTimeoutInSeconds": 0});
+                let r = api.call(Method::POST, &format!("/twins/{}/methods", seg(&device_id)), Some(&body), &[]).await?.body;
+                print(output, &r, |r| {
+                    println!("status   {}", r.get("status").cloned().unwrap_or(Value::Null));
+                    println!("payload  {}", r.get("payload").cloned().unwrap_or(Value::Null));
+                });
+                Ok(())
+            }
             HubCommand::MonitorEvents {
                 device_id,
                 from,

@@ -529,6 +529,27 @@ async fn handle_publish(
             },
         ));
     }
+    if let Some(rest) = prefix.strip_prefix("$iothub/methods/res/") {
+        let status = rest.trim_end_matches('/').parse::<u16>().unwrap_or(500);
+        let payload = if p.payload.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&p.payload)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&p.payload).into_owned()))
+        };
+        let rid = props
+            .iter()
+            .find(|(k, _)| k == "$rid")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if !ctx
+            .sessions
+            .complete_method(&docs::key(hub, device_id), &rid, (status, payload))
+        {
+            debug!(rid, "method response for no waiting call (timed out?)");
+        }
+        return Ok(None);
+    }
     let events_prefix = format!("devices/{device_id}/messages/events/");
     if let Some(bag) = p.topic.strip_prefix(&events_prefix) {
         if p.payload.len() > MAX_TELEMETRY {

@@ -68,6 +68,7 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
             get(get_twin).patch(patch_twin).put(replace_twin),
         )
         .route("/statistics/devices", get(statistics))
+        .route("/twins/{id}/methods", axum::routing::post(invoke_method))
 }
 
 fn body_json(bytes: &[u8]) -> Result<Value, HubApiError> {
@@ -210,4 +211,79 @@ async fn replace_twin(
 
 async fn statistics(State(ctx): Ctx, Extension(hub): Extension<HubName>) -> ApiResult {
     Ok(Json(ctx.registry.statistics(&hub.0).await?).into_response())
+}
+
+/// Largest method payload (request or response), as in IoT Hub.
+const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
+
+async fn invoke_method(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let body = body_json(&body)?;
+    let name = body
+        .get("methodName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && !n.contains(['/', '?', '#', '+']))
+        .ok_or_else(|| {
+            HubApiError(HubError::InvalidInput(
+                "methodName is required (no '/', '?', '#' or '+')".into(),
+            ))
+        })?
+        .to_owned();
+    let timeout = body
+        .get("responseTimeoutInSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(30);
+    if !(5..=300).contains(&timeout) {
+        return Err(HubApiError(HubError::InvalidInput(
+            "responseTimeoutInSeconds must be between 5 and 300".into(),
+        )));
+    }
+    let payload = body.get("payload").cloned().unwrap_or(Value::Null);
+    let payload_text = payload.to_string();
+    if payload_text.len() > MAX_METHOD_PAYLOAD {
+        return Err(HubApiError(HubError::InvalidInput(
+            "the method payload is larger than 128 KB".into(),
+        )));
+    }
+    ctx.registry.get_device(&hub.0, &id).await?;
+    let key = muster_hub::docs::key(&hub.0, &id);
+    if !ctx.sessions.is_connected(&key) {
+        return Err(HubApiError(HubError::DeviceNotOnline(id)));
+    }
+    let rid = tracking_id();
+    let reply = ctx.sessions.expect_method(&key, &rid);
+    let sent = ctx.sessions.send(
+        &key,
+        crate::sessions::Outbound {
+            topic: format!(
+                "$iothub/methods/POST/{}/?$rid={rid}",
+                muster_auth::sas::percent_encode(&name)
+            ),
+            payload: payload_text.into_bytes(),
+        },
+    );
+    if !sent {
+        ctx.sessions.abandon_method(&key, &rid);
+        return Err(HubApiError(HubError::DeviceNotOnline(id)));
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(timeout), reply).await {
+        Ok(Ok((status, payload))) => {
+            info!(
+                device_id = id,
+                method = name,
+                status,
+                "direct method answered"
+            );
+            Ok(Json(json!({"status": status, "payload": payload})).into_response())
+        }
+        Ok(Err(_)) | Err(_) => {
+            ctx.sessions.abandon_method(&key, &rid);
+            warn!(device_id = id, method = name, "direct method timed out");
+            Err(HubApiError(HubError::GatewayTimeout(id)))
+        }
+    }
 }
