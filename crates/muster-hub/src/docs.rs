@@ -134,3 +134,11 @@ fn metadata_for(value: &Value, stamp: &str, version: u64) -> Value {
     }
     Value::Object(m)
 }
+
+/// Eight random hex characters (uniqueness within one nanosecond).
+#[must_use]
+pub fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -31,6 +31,9 @@ pub enum HubError {
     /// 504 GatewayTimeoutError (the device did not answer a method in time).
     #[error("device '{0}' did not answer in time")]
     GatewayTimeout(String),
+    /// 403 DeviceMaximumQueueDepthExceeded (50 cloud-to-device messages pending).
+    #[error("device '{0}' already has 50 cloud-to-device messages pending")]
+    QueueFull(String),
     /// 409 DeviceAlreadyExists.
     #[error("device '{0}' already exists")]
     DeviceAlreadyExists(String),
@@ -71,6 +74,7 @@ impl HubError {
             Self::Unauthorized => 401,
             Self::DeviceNotFound(_) | Self::DeviceNotOnline(_) => 404,
             Self::GatewayTimeout(_) => 504,
+            Self::QueueFull(_) => 403,
             Self::DeviceAlreadyExists(_) => 409,
             Self::PreconditionFailed => 412,
             Self::Store(_) => 500,
@@ -86,6 +90,7 @@ impl HubError {
             Self::DeviceNotFound(_) => "DeviceNotFound",
             Self::DeviceNotOnline(_) => "DeviceNotOnline",
             Self::GatewayTimeout(_) => "GatewayTimeoutError",
+            Self::QueueFull(_) => "DeviceMaximumQueueDepthExceeded",
             Self::DeviceAlreadyExists(_) => "DeviceAlreadyExists",
             Self::PreconditionFailed => "PreconditionFailed",
             Self::Store(_) => "ServerError",
@@ -397,6 +402,22 @@ impl Registry {
         ];
         match self.store.write_batch(writes).await {
             Ok(_) => {
+                // A device created again under this id must not receive the old one's messages.
+                let queue = docs::key(hub, id);
+                for r in self
+                    .store
+                    .list(
+                        Collection::C2dMessages,
+                        Some(&queue),
+                        None,
+                        MAX_C2D_QUEUE * 4,
+                    )
+                    .await?
+                {
+                    self.store
+                        .delete(Collection::C2dMessages, &r.key, Precondition::None)
+                        .await?;
+                }
                 info!(hub, device_id = id, "device identity deleted");
                 Ok(())
             }
@@ -689,5 +710,175 @@ impl Registry {
             }
         }
         Err(HubError::PreconditionFailed)
+    }
+}
+
+/// A cloud-to-device message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct C2dMessage {
+    /// `iothub-messageid`.
+    pub message_id: String,
+    /// `iothub-correlationid`.
+    pub correlation_id: Option<String>,
+    /// `iothub-ack` (full, positive, negative, none).
+    pub ack: Option<String>,
+    /// Expiry, Unix seconds.
+    pub expiry_unix: i64,
+    /// Application properties.
+    pub properties: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Messages a device may have pending.
+pub const MAX_C2D_QUEUE: usize = 50;
+/// Largest C2D body.
+pub const MAX_C2D_SIZE: usize = 64 * 1024;
+
+impl C2dMessage {
+    fn to_json(&self) -> Value {
+        json!({
+            "messageId": self.message_id,
+            "correlationId": self.correlation_id,
+            "ack": self.ack,
+            "expiryUnix": self.expiry_unix,
+            "properties": self.properties.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "body": base64::engine::general_purpose::STANDARD.encode(&self.body),
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        Some(Self {
+            message_id: v.get("messageId")?.as_str()?.to_owned(),
+            correlation_id: v
+                .get("correlationId")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            ack: v.get("ack").and_then(Value::as_str).map(str::to_owned),
+            expiry_unix: v.get("expiryUnix")?.as_i64()?,
+            properties: v
+                .get("properties")?
+                .as_array()?
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p.get(0)?.as_str()?.to_owned(),
+                        p.get(1)?.as_str()?.to_owned(),
+                    ))
+                })
+                .collect(),
+            body: base64::engine::general_purpose::STANDARD
+                .decode(v.get("body")?.as_str()?)
+                .ok()?,
+        })
+    }
+}
+
+impl Registry {
+    /// Queue a cloud-to-device message (durably) for a device.
+    ///
+    /// # Errors
+    /// [`HubError::DeviceNotFound`], [`HubError::InvalidInput`] over 64 KB,
+    /// [`HubError::QueueFull`] with 50 pending.
+    pub async fn enqueue_c2d(
+        &self,
+        hub: &str,
+        id: &str,
+        message: &C2dMessage,
+    ) -> Result<(), HubError> {
+        if message.body.len() > MAX_C2D_SIZE {
+            return Err(HubError::InvalidInput(
+                "cloud-to-device messages are limited to 64 KB".into(),
+            ));
+        }
+        self.get_device(hub, id).await?;
+        let queue = docs::key(hub, id);
+        let pending = self
+            .store
+            .list(
+                Collection::C2dMessages,
+                Some(&queue),
+                None,
+                MAX_C2D_QUEUE + 1,
+            )
+            .await?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let live = pending
+            .iter()
+            .filter(|r| {
+                r.body
+                    .get("expiryUnix")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    > now
+            })
+            .count();
+        if live >= MAX_C2D_QUEUE {
+            return Err(HubError::QueueFull(id.to_owned()));
+        }
+        let order = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        let key = format!("{queue}/{order:024}-{}", docs::random_suffix());
+        self.store
+            .put(
+                Collection::C2dMessages,
+                &key,
+                Some(&queue),
+                &message.to_json(),
+                Precondition::IfNoneMatch,
+            )
+            .await?;
+        info!(
+            hub,
+            device_id = id,
+            message_id = message.message_id,
+            "cloud-to-device message queued"
+        );
+        Ok(())
+    }
+
+    /// Pending, unexpired messages of a device in arrival order, with their storage keys
+    /// (expired ones are removed).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn pending_c2d(
+        &self,
+        hub: &str,
+        id: &str,
+    ) -> Result<Vec<(String, C2dMessage)>, HubError> {
+        let queue = docs::key(hub, id);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut out = Vec::new();
+        for r in self
+            .store
+            .list(
+                Collection::C2dMessages,
+                Some(&queue),
+                None,
+                MAX_C2D_QUEUE * 2,
+            )
+            .await?
+        {
+            match C2dMessage::from_json(&r.body) {
+                Some(m) if m.expiry_unix > now => out.push((r.key, m)),
+                _ => {
+                    self.store
+                        .delete(Collection::C2dMessages, &r.key, Precondition::None)
+                        .await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The device acknowledged a message: remove it.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn complete_c2d(&self, key: &str) -> Result<(), HubError> {
+        self.store
+            .delete(Collection::C2dMessages, key, Precondition::None)
+            .await?;
+        Ok(())
     }
 }

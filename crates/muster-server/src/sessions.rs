@@ -13,11 +13,18 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Something to send to a connected device.
+/// Something for a connected device's session to do.
 #[derive(Debug, Clone)]
-pub(crate) struct Outbound {
-    pub(crate) topic: String,
-    pub(crate) payload: Vec<u8>,
+pub(crate) enum Outbound {
+    /// Publish this (if the device subscribed to a matching filter).
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// New cloud-to-device messages are queued: deliver what is pending.
+    Mail,
 }
 
 #[derive(Debug)]

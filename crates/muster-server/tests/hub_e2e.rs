@@ -473,3 +473,122 @@ async fn direct_methods_reach_the_device_and_return_its_answer() {
         .await;
     assert_eq!(status, 400);
 }
+
+async fn send_c2d(rest: &common::Rest, device: &str, body: &[u8], headers: &[(&str, &str)]) -> u16 {
+    let mut req = rest
+        .client
+        .post(format!(
+            "{}/devices/{device}/messages/devicebound",
+            rest.base
+        ))
+        .header("authorization", rest.token())
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn cloud_to_device_messages_are_queued_delivered_and_redelivered() {
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let chain = provisioned(&server, &pki).await;
+    let rest = hub_rest(&server);
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    dev.subscribe("devices/device-1/messages/devicebound/#")
+        .await;
+
+    // Online: delivered at QoS 1 with system and application properties in the topic.
+    assert_eq!(
+        send_c2d(
+            &rest,
+            "device-1",
+            b"reboot please",
+            &[
+                ("iothub-messageid", "c2d-1"),
+                ("iothub-ack", "full"),
+                ("iothub-app-priority", "high")
+            ]
+        )
+        .await,
+        204
+    );
+    let m = dev.next_publish().await;
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    assert!(
+        m.topic
+            .starts_with("devices/device-1/messages/devicebound/"),
+        "{}",
+        m.topic
+    );
+    let bag = muster_mqtt::topic::parse_property_bag(
+        m.topic
+            .trim_start_matches("devices/device-1/messages/devicebound/"),
+    );
+    assert!(
+        bag.contains(&("$.mid".to_owned(), "c2d-1".to_owned())),
+        "{bag:?}"
+    );
+    assert!(bag.contains(&("iothub-ack".to_owned(), "full".to_owned())));
+    assert!(bag.contains(&("priority".to_owned(), "high".to_owned())));
+    assert_eq!(&m.payload[..], b"reboot please");
+    dev.send(&Packet::PubAck(m.packet_id.unwrap())).await;
+
+    // Offline: queued; not acknowledged: redelivered after a reconnect (persistent session,
+    // no new SUBSCRIBE, as the Python SDK behaves).
+    drop(dev);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        send_c2d(&rest, "device-1", b"while you were away", &[]).await,
+        204
+    );
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    assert!(dev.connack.session_present);
+    let m = dev.next_publish().await;
+    assert_eq!(&m.payload[..], b"while you were away");
+    drop(dev); // no PUBACK
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    let m = dev.next_publish().await;
+    assert_eq!(
+        &m.payload[..],
+        b"while you were away",
+        "redelivered until acknowledged"
+    );
+    dev.send(&Packet::PubAck(m.packet_id.unwrap())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(dev);
+
+    // Limits: 64 KB per message, 50 pending per device, unknown devices.
+    assert_eq!(
+        send_c2d(&rest, "device-1", &vec![b'x'; 64 * 1024 + 1], &[]).await,
+        400
+    );
+    assert_eq!(send_c2d(&rest, "ghost", b"x", &[]).await, 404);
+    for _ in 0..50 {
+        assert_eq!(send_c2d(&rest, "device-1", b"x", &[]).await, 204);
+    }
+    assert_eq!(send_c2d(&rest, "device-1", b"one too many", &[]).await, 403);
+}

@@ -51,17 +51,21 @@ pub enum Collection {
     Devices,
     /// Device twins (key: `{hub}/{deviceId}`; index: hub).
     Twins,
+    /// Cloud-to-device messages awaiting delivery (key: `{hub}/{deviceId}/{order}`; index:
+    /// `{hub}/{deviceId}`).
+    C2dMessages,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::CaCertificates,
         Self::EnrollmentGroups,
         Self::Enrollments,
         Self::Registrations,
         Self::Devices,
         Self::Twins,
+        Self::C2dMessages,
     ];
 
     /// The stable name used in storage.
@@ -74,6 +78,7 @@ impl Collection {
             Self::Registrations => "registrations",
             Self::Devices => "devices",
             Self::Twins => "twins",
+            Self::C2dMessages => "c2d_messages",
         }
     }
 }

@@ -151,6 +151,34 @@ impl Api {
         Ok(Reply { body, headers })
     }
 
+    /// POST raw bytes with extra headers (cloud-to-device messages).
+    pub(crate) async fn send_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(String, String)],
+    ) -> Result<()> {
+        let url = format!("{}{path}?api-version=2021-04-12", self.base);
+        let mut req = self
+            .client
+            .post(&url)
+            .header("authorization", self.token()?)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            bail!("POST {path}: HTTP {status}: {text}");
+        }
+        Ok(())
+    }
+
     /// Open a streaming GET (the event stream).
     pub(crate) async fn stream(&self, path: &str) -> Result<reqwest::Response> {
         let url = format!("{}{path}&api-version=2021-04-12", self.base);

@@ -478,6 +478,9 @@ pub(crate) enum HubCommand {
     /// Device twins.
     #[command(subcommand)]
     DeviceTwin(DeviceTwinCommand),
+    /// Cloud-to-device messages.
+    #[command(subcommand)]
+    C2d(C2dCommand),
     /// Call a direct method on a connected device and print its answer.
     InvokeDeviceMethod {
         /// Device id.
@@ -597,5 +600,33 @@ pub(crate) enum DeviceTwinCommand {
         /// Etag to match (default: any).
         #[arg(long)]
         etag: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum C2dCommand {
+    /// Queue a message for a device (delivered when it is connected and subscribed).
+    Send {
+        /// Device id.
+        #[arg(long, short = 'd')]
+        device_id: String,
+        /// Message body.
+        #[arg(long)]
+        data: String,
+        /// Application properties, `key=value` (repeatable).
+        #[arg(long = "prop", value_name = "KEY=VALUE")]
+        props: Vec<String>,
+        /// Message id (default: generated).
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Correlation id.
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// Feedback requested: none, positive, negative or full.
+        #[arg(long)]
+        ack: Option<String>,
+        /// Seconds until the message expires (default 3600).
+        #[arg(long)]
+        expiry: Option<u64>,
     },
 }

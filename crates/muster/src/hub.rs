@@ -18,6 +18,31 @@ pub(crate) fn run(
         match command {
             HubCommand::DeviceIdentity(c) => identity(&api, c, output).await,
             HubCommand::DeviceTwin(c) => twin(&api, c, output).await,
+            HubCommand::C2d(crate::cli::C2dCommand::Send {
+                device_id,
+                data,
+                props,
+                message_id,
+                correlation_id,
+                ack,
+                expiry,
+            }) => {
+                let mut headers: Vec<(String, String)> = Vec::new();
+                for p in props {
+                    let (k, v) = p.split_once('=').with_context(|| format!("--prop '{p}' is not KEY=VALUE"))?;
+                    headers.push((format!("iothub-app-{k}"), v.to_owned()));
+                }
+                for (name, value) in [("iothub-messageid", message_id), ("iothub-correlationid", correlation_id), ("iothub-ack", ack), ("iothub-expiry", expiry.map(|e| e.to_string()))] {
+                    if let Some(v) = value {
+                        headers.push((name.to_owned(), v));
+                    }
+                }
+                api.send_bytes(&format!("/devices/{}/messages/devicebound", seg(&device_id)), data.into_bytes(), &headers).await?;
+                if output == Output::Table {
+                    println!("Queued a cloud-to-device message for '{device_id}'.");
+                }
+                Ok(())
+            }
             HubCommand::InvokeDeviceMethod {
                 device_id,
                 method_name,

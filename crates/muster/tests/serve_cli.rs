@@ -216,6 +216,33 @@ fn serve_bootstraps_answers_and_stops_cleanly() {
         "{not json",
     ]);
     assert!(!ok && err.contains("--desired"), "{err}");
+    let (ok, out, err) = hub(&[
+        "c2d",
+        "send",
+        "-d",
+        "dev-1",
+        "--data",
+        "hello",
+        "--prop",
+        "priority=high",
+        "--ack",
+        "full",
+    ]);
+    assert!(ok && out.contains("Queued"), "{err}");
+    let (ok, _, err) = hub(&[
+        "c2d", "send", "-d", "dev-1", "--data", "x", "--prop", "novalue",
+    ]);
+    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
+    let (ok, _, err) = hub(&[
+        "invoke-device-method",
+        "-d",
+        "dev-1",
+        "--method-name",
+        "reboot",
+    ]);
+    assert!(!ok && err.contains("DeviceNotOnline"), "{err}");
+    let (ok, _, err) = hub(&["monitor-events", "--from", "earliest", "--timeout", "1"]);
+    assert!(ok, "{err}");
     let (ok, _, _) = hub(&["device-identity", "delete", "-d", "dev-1"]);
     assert!(ok);
     let (ok, _, err) = hub(&["device-identity", "show", "-d", "dev-1"]);

@@ -9,7 +9,8 @@
 //!
 //! Implemented today: telemetry into the durable event log (PUBACK after the append), twin GET,
 //! reported patches, desired-patch notifications, persistent subscriptions for CleanSession=0.
-//! Cloud-to-device messages and direct methods are not implemented yet.
+//! Cloud-to-device messages are delivered at QoS 1 from the durable queue and removed on
+//! PUBACK; direct methods are answered on `$iothub/methods/res/{status}`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -318,6 +319,14 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
     info!(hub, session_present = saved.is_some(), "device connected");
     let mut subscriptions: BTreeSet<String> = saved.unwrap_or_default().into_iter().collect();
+    let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
+    let mut mailbox = Mailbox::default();
+    if subscriptions.contains(&c2d_filter)
+        && mailbox.deliver(conn, ctx, &hub, device_id).await.is_err()
+    {
+        ctx.sessions.unregister(&key, registration.generation);
+        return;
+    }
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let token_left = expiry.map(|e| {
@@ -343,9 +352,16 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             r = read => Event::Read(r),
         };
         let result: Result<(), ConnectionError> = match event {
-            Event::Outbound(out) => {
-                if subscriptions.iter().any(|f| topic::matches(f, &out.topic)) {
-                    publish(conn, out.topic, out.payload).await
+            Event::Outbound(Outbound::Publish { topic, payload }) => {
+                if subscriptions.iter().any(|f| topic::matches(f, &topic)) {
+                    publish(conn, topic, payload).await
+                } else {
+                    Ok(())
+                }
+            }
+            Event::Outbound(Outbound::Mail) => {
+                if subscriptions.contains(&c2d_filter) {
+                    mailbox.deliver(conn, ctx, &hub, device_id).await
                 } else {
                     Ok(())
                 }
@@ -378,11 +394,17 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         ctx.sessions
                             .save(&key, subscriptions.iter().cloned().collect());
                     }
-                    conn.write_packet(&Packet::SubAck(SubAck {
-                        packet_id: sub.packet_id,
-                        return_codes: codes,
-                    }))
-                    .await
+                    let acked = conn
+                        .write_packet(&Packet::SubAck(SubAck {
+                            packet_id: sub.packet_id,
+                            return_codes: codes,
+                        }))
+                        .await;
+                    if acked.is_ok() && subscriptions.contains(&c2d_filter) {
+                        mailbox.deliver(conn, ctx, &hub, device_id).await
+                    } else {
+                        acked
+                    }
                 }
                 Packet::Unsubscribe(u) => {
                     for f in &u.filters {
@@ -395,7 +417,14 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     conn.write_packet(&Packet::UnsubAck(u.packet_id)).await
                 }
                 Packet::PingReq => conn.write_packet(&Packet::PingResp).await,
-                Packet::PubAck(_) => Ok(()),
+                Packet::PubAck(id) => {
+                    if let Some(stored) = mailbox.in_flight.remove(&id)
+                        && let Err(e) = ctx.registry.complete_c2d(&stored).await
+                    {
+                        warn!(error = %e, "could not remove a delivered cloud-to-device message");
+                    }
+                    Ok(())
+                }
                 Packet::Disconnect => break "the device disconnected",
                 Packet::Publish(p) => {
                     if p.qos == QoS::ExactlyOnce {
@@ -431,6 +460,75 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     };
     ctx.sessions.unregister(&key, registration.generation);
     info!(hub, reason, "device disconnected");
+}
+
+/// Cloud-to-device messages sent on this connection and not yet acknowledged.
+#[derive(Debug, Default)]
+struct Mailbox {
+    in_flight: std::collections::HashMap<u16, String>,
+    next_id: u16,
+}
+
+impl Mailbox {
+    fn packet_id(&mut self) -> u16 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.in_flight.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+
+    /// Publish every pending message not already in flight, at QoS 1; each stays queued until
+    /// the device's PUBACK (so a reconnect redelivers it).
+    async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        ctx: &Context,
+        hub: &str,
+        device_id: &str,
+    ) -> Result<(), ConnectionError> {
+        let pending = match ctx.registry.pending_c2d(hub, device_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot read the cloud-to-device queue");
+                return Ok(());
+            }
+        };
+        for (stored, m) in pending {
+            if self.in_flight.values().any(|k| *k == stored) || self.in_flight.len() >= 50 {
+                continue;
+            }
+            let mut props: Vec<(String, String)> = vec![("$.mid".into(), m.message_id.clone())];
+            if let Some(c) = &m.correlation_id {
+                props.push(("$.cid".into(), c.clone()));
+            }
+            props.push((
+                "$.to".into(),
+                format!("/devices/{device_id}/messages/devicebound"),
+            ));
+            if let Some(a) = &m.ack {
+                props.push(("iothub-ack".into(), a.clone()));
+            }
+            props.extend(m.properties.iter().cloned());
+            let topic = format!(
+                "devices/{device_id}/messages/devicebound/{}",
+                topic::encode_property_bag(props)
+            );
+            let id = self.packet_id();
+            conn.write_packet(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic,
+                packet_id: Some(id),
+                payload: m.body.clone().into(),
+            }))
+            .await?;
+            self.in_flight.insert(id, stored);
+        }
+        Ok(())
+    }
 }
 
 enum Event {

@@ -69,6 +69,10 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
         )
         .route("/statistics/devices", get(statistics))
         .route("/twins/{id}/methods", axum::routing::post(invoke_method))
+        .route(
+            "/devices/{id}/messages/devicebound",
+            axum::routing::post(send_c2d),
+        )
 }
 
 fn body_json(bytes: &[u8]) -> Result<Value, HubApiError> {
@@ -176,7 +180,7 @@ async fn update(
         let version = n.get("$version").and_then(Value::as_u64).unwrap_or(0);
         let delivered = ctx.sessions.send(
             &muster_hub::docs::key(hub, id),
-            crate::sessions::Outbound {
+            crate::sessions::Outbound::Publish {
                 topic: format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
                 payload: n.to_string().into_bytes(),
             },
@@ -258,7 +262,7 @@ async fn invoke_method(
     let reply = ctx.sessions.expect_method(&key, &rid);
     let sent = ctx.sessions.send(
         &key,
-        crate::sessions::Outbound {
+        crate::sessions::Outbound::Publish {
             topic: format!(
                 "$iothub/methods/POST/{}/?$rid={rid}",
                 muster_auth::sas::percent_encode(&name)
@@ -286,4 +290,69 @@ async fn invoke_method(
             Err(HubApiError(HubError::GatewayTimeout(id)))
         }
     }
+}
+
+/// `POST /devices/{id}/messages/devicebound`: body = message bytes; headers `iothub-messageid`,
+/// `iothub-correlationid`, `iothub-ack`, `iothub-expiry` (RFC 3339 or seconds from now),
+/// `iothub-app-{name}` for application properties. Default time to live: one hour.
+async fn send_c2d(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let expiry_unix = match header("iothub-expiry") {
+        None => now.unix_timestamp() + 3600,
+        Some(e) => match e.parse::<i64>() {
+            Ok(secs) => now.unix_timestamp() + secs,
+            Err(_) => {
+                time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        HubApiError(HubError::InvalidInput(
+                            "iothub-expiry must be RFC 3339 or a number of seconds".into(),
+                        ))
+                    })?
+                    .unix_timestamp()
+            }
+        },
+    };
+    let ack = header("iothub-ack");
+    if let Some(a) = &ack
+        && !matches!(a.as_str(), "none" | "positive" | "negative" | "full")
+    {
+        return Err(HubApiError(HubError::InvalidInput(
+            "iothub-ack must be none, positive, negative or full".into(),
+        )));
+    }
+    let properties = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().strip_prefix("iothub-app-")?.to_owned(),
+                v.to_str().ok()?.to_owned(),
+            ))
+        })
+        .collect();
+    let message = muster_hub::registry::C2dMessage {
+        message_id: header("iothub-messageid").unwrap_or_else(tracking_id),
+        correlation_id: header("iothub-correlationid"),
+        ack,
+        expiry_unix,
+        properties,
+        body: body.to_vec(),
+    };
+    ctx.registry.enqueue_c2d(&hub.0, &id, &message).await?;
+    ctx.sessions.send(
+        &muster_hub::docs::key(&hub.0, &id),
+        crate::sessions::Outbound::Mail,
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
