@@ -882,3 +882,53 @@ impl Registry {
         Ok(())
     }
 }
+
+impl Registry {
+    /// Record a connection change (`connectionState`, `connectionStateUpdatedTime`) or, with
+    /// `connected = None`, only activity (`lastActivityTime`). Lost races are retried; a device
+    /// deleted meanwhile is ignored.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn record_activity(
+        &self,
+        hub: &str,
+        id: &str,
+        connected: Option<bool>,
+    ) -> Result<(), HubError> {
+        let key = docs::key(hub, id);
+        for _ in 0..8 {
+            let Some(record) = self.store.get(Collection::Devices, &key).await? else {
+                return Ok(());
+            };
+            let mut d = record.body.clone();
+            let stamp = now();
+            if let Some(o) = d.as_object_mut() {
+                if let Some(c) = connected {
+                    o.insert(
+                        "connectionState".into(),
+                        json!(if c { "Connected" } else { "Disconnected" }),
+                    );
+                    o.insert("connectionStateUpdatedTime".into(), json!(stamp));
+                }
+                o.insert("lastActivityTime".into(), json!(stamp));
+            }
+            match self
+                .store
+                .put(
+                    Collection::Devices,
+                    &key,
+                    Some(&hub.to_ascii_lowercase()),
+                    &d,
+                    Precondition::IfMatch(record.etag),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -592,3 +592,37 @@ async fn cloud_to_device_messages_are_queued_delivered_and_redelivered() {
     }
     assert_eq!(send_c2d(&rest, "device-1", b"one too many", &[]).await, 403);
 }
+
+#[tokio::test]
+async fn connection_state_follows_the_device() {
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let chain = provisioned(&server, &pki).await;
+    let rest = hub_rest(&server);
+    let state = |d: Value| d["connectionState"].as_str().unwrap().to_owned();
+    assert_eq!(
+        state(rest.ok(Method::GET, "/devices/device-1", None, &[]).await),
+        "Disconnected"
+    );
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            HUB_USER,
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    let device = rest.ok(Method::GET, "/devices/device-1", None, &[]).await;
+    assert_eq!(state(device.clone()), "Connected");
+    assert_ne!(device["lastActivityTime"], "0001-01-01T00:00:00Z");
+    dev.send(&Packet::Disconnect).await;
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = state(rest.ok(Method::GET, "/devices/device-1", None, &[]).await);
+        if last == "Disconnected" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, "Disconnected");
+}

@@ -318,6 +318,14 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     info!(hub, session_present = saved.is_some(), "device connected");
+    if let Err(e) = ctx
+        .registry
+        .record_activity(&hub, device_id, Some(true))
+        .await
+    {
+        warn!(error = %e, "cannot record the connection state");
+    }
+    let mut last_activity = std::time::Instant::now();
     let mut subscriptions: BTreeSet<String> = saved.unwrap_or_default().into_iter().collect();
     let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
     let mut mailbox = Mailbox::default();
@@ -430,6 +438,13 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     if p.qos == QoS::ExactlyOnce {
                         break "QoS 2 is not supported";
                     }
+                    // lastActivityTime at most once a minute: not a registry write per message.
+                    if last_activity.elapsed() > Duration::from_secs(60) {
+                        last_activity = std::time::Instant::now();
+                        if let Err(e) = ctx.registry.record_activity(&hub, device_id, None).await {
+                            warn!(error = %e, "cannot record activity");
+                        }
+                    }
                     match handle_publish(ctx, &hub, device_id, &p).await {
                         Err(reason) => break reason,
                         Ok(reply) => {
@@ -459,6 +474,16 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     ctx.sessions.unregister(&key, registration.generation);
+    // A takeover leaves the newer connection's state in place.
+    if ctx.sessions.is_connected(&key) {
+        debug!("a newer connection owns the device");
+    } else if let Err(e) = ctx
+        .registry
+        .record_activity(&hub, device_id, Some(false))
+        .await
+    {
+        warn!(error = %e, "cannot record the connection state");
+    }
     info!(hub, reason, "device disconnected");
 }
 
