@@ -693,20 +693,11 @@ impl Registry {
             let mut twin = record.body.clone();
             let version =
                 twin::patch_properties(&mut twin, Section::Reported, patch, &now(), &self.limits)?;
-            match self
-                .store
-                .put(
-                    Collection::Twins,
-                    &docs::key(hub, id),
-                    Some(&hub.to_ascii_lowercase()),
-                    &twin,
-                    Precondition::IfMatch(record.etag),
-                )
-                .await
+            if self
+                .write_back(Collection::Twins, hub, &record, &twin)
+                .await?
             {
-                Ok(_) => return Ok(version),
-                Err(StoreError::PreconditionFailed { .. }) => {}
-                Err(e) => return Err(e.into()),
+                return Ok(version);
             }
         }
         Err(HubError::PreconditionFailed)
@@ -884,6 +875,32 @@ impl Registry {
 }
 
 impl Registry {
+    /// Write `body` over `record` unless someone changed it since it was read; `Ok(false)` on
+    /// such a lost race (the caller re-reads and retries).
+    async fn write_back(
+        &self,
+        collection: Collection,
+        hub: &str,
+        record: &muster_store::Record,
+        body: &Value,
+    ) -> Result<bool, HubError> {
+        match self
+            .store
+            .put(
+                collection,
+                &record.key,
+                Some(&hub.to_ascii_lowercase()),
+                body,
+                Precondition::IfMatch(record.etag.clone()),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::PreconditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Record a connection change (`connectionState`, `connectionStateUpdatedTime`) or, with
     /// `connected = None`, only activity (`lastActivityTime`). Lost races are retried; a device
     /// deleted meanwhile is ignored.
@@ -913,20 +930,11 @@ impl Registry {
                 }
                 o.insert("lastActivityTime".into(), json!(stamp));
             }
-            match self
-                .store
-                .put(
-                    Collection::Devices,
-                    &key,
-                    Some(&hub.to_ascii_lowercase()),
-                    &d,
-                    Precondition::IfMatch(record.etag),
-                )
-                .await
+            if self
+                .write_back(Collection::Devices, hub, &record, &d)
+                .await?
             {
-                Ok(_) => return Ok(()),
-                Err(StoreError::PreconditionFailed { .. }) => {}
-                Err(e) => return Err(e.into()),
+                return Ok(());
             }
         }
         Ok(())
