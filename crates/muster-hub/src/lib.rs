@@ -9,11 +9,13 @@
 //!   views devices and services see.
 //! - [`docs`]: the device-identity and twin documents (IoT Hub's `Device` and `Twin` shapes) as
 //!   stored; provisioning creates them through this module.
+//! - [`query`]: the IoT Hub query language subset (`SELECT * | COUNT() FROM devices WHERE …`).
 //! - [`registry`]: the device registry and service-side twin operations over the store, with
 //!   IoT Hub's error codes.
 //! - [`time_fmt`]: Azure's timestamp format.
 
 pub mod docs;
+pub mod query;
 pub mod registry;
 pub mod time_fmt;
 pub mod twin;

@@ -940,3 +940,59 @@ impl Registry {
         Ok(())
     }
 }
+
+impl Registry {
+    /// Run a query over a hub's twins: a page of matching twins (by device id, after
+    /// `continuation`) or, for `COUNT()`, one row with the count.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidInput`] with the parse error.
+    pub async fn query(
+        &self,
+        hub: &str,
+        text: &str,
+        max_items: usize,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), HubError> {
+        let q = crate::query::parse(text)
+            .map_err(|e| HubError::InvalidInput(format!("invalid query: {e}")))?;
+        let index = hub.to_ascii_lowercase();
+        let limit = max_items.clamp(1, 1000);
+        let mut out = Vec::new();
+        let mut count = 0u64;
+        let mut after = continuation.map(|c| docs::key(hub, c));
+        loop {
+            let devices = self
+                .store
+                .list(Collection::Devices, Some(&index), after.as_deref(), 500)
+                .await?;
+            let Some(last) = devices.last() else { break };
+            after = Some(last.key.clone());
+            for d in &devices {
+                let twin = self.store.get(Collection::Twins, &d.key).await?;
+                let (body, etag) = twin.map_or((Value::Null, String::new()), |t| (t.body, t.etag));
+                let view = Self::twin_view(&body, &etag, &with_etag(d.body.clone(), &d.etag));
+                if q.condition.as_ref().is_none_or(|c| c.matches(&view)) {
+                    if q.count.is_some() {
+                        count += 1;
+                    } else {
+                        out.push(view);
+                        if out.len() > limit {
+                            out.pop();
+                            let next = out
+                                .last()
+                                .and_then(|v| v.get("deviceId"))
+                                .and_then(Value::as_str)
+                                .map(str::to_owned);
+                            return Ok((out, next));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(alias) = q.count {
+            return Ok((vec![json!({ alias: count })], None));
+        }
+        Ok((out, None))
+    }
+}

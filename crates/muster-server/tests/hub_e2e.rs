@@ -626,3 +626,92 @@ async fn connection_state_follows_the_device() {
     }
     assert_eq!(last, "Disconnected");
 }
+
+#[tokio::test]
+async fn queries_filter_count_and_page() {
+    let server = TestServer::start().await;
+    let rest = hub_rest(&server);
+    for (id, site) in [("a1", "lab"), ("a2", "lab"), ("a3", "home"), ("a4", "lab")] {
+        rest.ok(
+            Method::PUT,
+            &format!("/devices/{id}"),
+            Some(json!({"deviceId": id})),
+            &[],
+        )
+        .await;
+        rest.ok(
+            Method::PATCH,
+            &format!("/twins/{id}"),
+            Some(json!({"tags": {"site": site}})),
+            &[],
+        )
+        .await;
+    }
+    let q = |text: &str| json!({"query": text});
+    let (status, headers, body) = rest
+        .send(
+            Method::POST,
+            "/devices/query",
+            Some(q("SELECT * FROM devices WHERE tags.site = 'lab'")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-ms-item-type"], "twin");
+    let ids: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a1", "a2", "a4"]);
+    let (_, _, body) = rest
+        .send(
+            Method::POST,
+            "/devices/query",
+            Some(q(
+                "SELECT COUNT() AS numberOfDevices FROM devices WHERE status = 'enabled'",
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(body, json!([{"numberOfDevices": 4}]));
+    // Paging: two per page, continuation omitted on the last page.
+    let (_, headers, page1) = rest
+        .send(
+            Method::POST,
+            "/devices/query",
+            Some(q("SELECT * FROM devices")),
+            &[("x-ms-max-item-count", "2")],
+        )
+        .await;
+    assert_eq!(page1.as_array().unwrap().len(), 2);
+    let cont = headers["x-ms-continuation"].to_str().unwrap().to_owned();
+    let (_, headers, page2) = rest
+        .send(
+            Method::POST,
+            "/devices/query",
+            Some(q("SELECT * FROM devices")),
+            &[("x-ms-max-item-count", "2"), ("x-ms-continuation", &cont)],
+        )
+        .await;
+    assert_eq!(
+        page2
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["deviceId"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["a3", "a4"]
+    );
+    assert!(headers.get("x-ms-continuation").is_none());
+    let (status, _, body) = rest
+        .send(
+            Method::POST,
+            "/devices/query",
+            Some(q("SELECT * FROM modules")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

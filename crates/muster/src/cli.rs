@@ -478,6 +478,12 @@ pub(crate) enum HubCommand {
     /// Device twins.
     #[command(subcommand)]
     DeviceTwin(DeviceTwinCommand),
+    /// Run a query over device twins (`SELECT * FROM devices WHERE tags.site = 'lab'`).
+    Query {
+        /// The query.
+        #[arg(long, short = 'q')]
+        query_command: String,
+    },
     /// Cloud-to-device messages.
     #[command(subcommand)]
     C2d(C2dCommand),

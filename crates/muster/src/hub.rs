@@ -18,6 +18,34 @@ pub(crate) fn run(
         match command {
             HubCommand::DeviceIdentity(c) => identity(&api, c, output).await,
             HubCommand::DeviceTwin(c) => twin(&api, c, output).await,
+            HubCommand::Query { query_command } => {
+                let mut all = Vec::new();
+                let mut continuation: Option<String> = None;
+                loop {
+                    let mut headers = vec![("x-ms-max-item-count", "100".to_owned())];
+                    if let Some(c) = &continuation {
+                        headers.push(("x-ms-continuation", c.clone()));
+                    }
+                    let reply = api.call(Method::POST, "/devices/query", Some(&json!({"query": query_command})), &headers).await?;
+                    if let Value::Array(items) = reply.body {
+                        all.extend(items);
+                    }
+                    continuation = reply.headers.get("x-ms-continuation").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    if continuation.is_none() {
+                        break;
+                    }
+                }
+                print(output, &json!(all), |v| {
+                    for t in v.as_array().into_iter().flatten() {
+                        if t.get("deviceId").is_some() {
+                            twin_table(t);
+                        } else {
+                            println!("{t}");
+                        }
+                    }
+                });
+                Ok(())
+            }
             HubCommand::C2d(crate::cli::C2dCommand::Send {
                 device_id,
                 data,

@@ -243,6 +243,18 @@ fn serve_bootstraps_answers_and_stops_cleanly() {
     assert!(!ok && err.contains("DeviceNotOnline"), "{err}");
     let (ok, _, err) = hub(&["monitor-events", "--from", "earliest", "--timeout", "1"]);
     assert!(ok, "{err}");
+    let (ok, out, err) = hub(&[
+        "query",
+        "-q",
+        "SELECT COUNT() AS n FROM devices",
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!([{"n": 1}])
+    );
     let (ok, _, _) = hub(&["device-identity", "delete", "-d", "dev-1"]);
     assert!(ok);
     let (ok, _, err) = hub(&["device-identity", "show", "-d", "dev-1"]);

@@ -40,7 +40,8 @@ function usage(text, msg) {
 function parseArgs(options, usageText) {
   options.help = { type: 'boolean', short: 'h' };
   options.verbose = { type: 'boolean' };
-  options.timeout = { type: 'string', default: '60' };
+  // A driver may pass its own timeout option (other default); 60 s otherwise.
+  options.timeout = options.timeout || { type: 'string', default: '60' };
   let values;
   try {
     ({ values } = util.parseArgs({ options, strict: true, allowPositionals: false }));

@@ -59,6 +59,7 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
     Router::new()
         .route("/devices", get(list_devices))
         .route("/devices/", get(list_devices))
+        .route("/devices/query", axum::routing::post(query))
         .route(
             "/devices/{id}",
             get(get_device).put(put_device).delete(delete_device),
@@ -355,4 +356,32 @@ async fn send_c2d(
         crate::sessions::Outbound::Mail,
     );
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /devices/query` with `{"query": "SELECT … FROM devices …"}`; paging through
+/// `x-ms-max-item-count` and `x-ms-continuation` (omitted on the last page).
+async fn query(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let body = body_json(&body)?;
+    let text = body.get("query").and_then(Value::as_str).ok_or_else(|| {
+        HubApiError(HubError::InvalidInput(
+            "the body needs a \"query\" string".into(),
+        ))
+    })?;
+    let (max, continuation) = super::paging(&headers);
+    let (items, next) = ctx
+        .registry
+        .query(&hub.0, text, max.unwrap_or(100), continuation.as_deref())
+        .await?;
+    let mut r = Json(items).into_response();
+    r.headers_mut()
+        .insert("x-ms-item-type", HeaderValue::from_static("twin"));
+    if let Some(c) = next.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert("x-ms-continuation", c);
+    }
+    Ok(r)
 }
