@@ -248,3 +248,137 @@ async fn node_service_sdk_manages_enrollment_groups() {
     assert_eq!(result["deleted"], true);
     assert_eq!(result["getAfterDeleteStatus"], 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_device_and_registry_sdks_use_the_hub() {
+    use std::io::BufRead as _;
+    let Some(dir) = harness() else { return };
+    let server = server_on(23).await;
+    let hub_cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .replace("HostName=localhost", "HostName=127.0.0.23");
+    let rest = common::Rest::new(&hub_cs, &server.ca_pem(), server.running.https_addr);
+    let device = rest
+        .ok(
+            Method::PUT,
+            "/devices/node-dev-1",
+            Some(json!({"deviceId": "node-dev-1"})),
+            &[],
+        )
+        .await;
+    let key = device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca = server.data_dir().join("tls/ca.pem").display().to_string();
+    let device_cs = format!("HostName=127.0.0.23;DeviceId=node-dev-1;SharedAccessKey={key}");
+    let mut child = Command::new("node")
+        .arg(format!("{dir}/hub_device.js"))
+        .args([
+            "--connection-string",
+            &device_cs,
+            "--ca",
+            &ca,
+            "--timeout",
+            "40",
+        ])
+        .env("NODE_EXTRA_CA_CERTS", &ca)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node on PATH");
+    // Wait for the device to say it is listening.
+    let stderr = child.stderr.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("\"ready\":true"))
+    });
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(40), ready)
+        .await
+        .expect("device ready in time")
+        .unwrap();
+    assert!(ready, "the Node device never became ready");
+    rest.ok(
+        Method::PATCH,
+        "/twins/node-dev-1",
+        Some(json!({"properties": {"desired": {"telemetryDelay": "2"}}})),
+        &[],
+    )
+    .await;
+    let status = rest
+        .client
+        .post(format!(
+            "{}/devices/node-dev-1/messages/devicebound",
+            rest.base
+        ))
+        .header("authorization", rest.token())
+        .header("iothub-app-priority", "high")
+        .body("hello")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 204);
+    let method = rest
+        .ok(
+            Method::POST,
+            "/twins/node-dev-1/methods",
+            Some(json!({"methodName": "reboot", "payload": {}, "responseTimeoutInSeconds": 20})),
+            &[],
+        )
+        .await;
+    assert_eq!(method["status"], 200);
+    assert_eq!(method["payload"]["rebooted"], true);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("{stdout}"));
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["patch"]["telemetryDelay"], "2");
+    assert_eq!(result["c2d"]["data"], "hello");
+    assert_eq!(result["c2d"]["properties"]["priority"], "high");
+    // Its telemetry, with temperatureAlert, is in the event stream.
+    let mut resp = rest
+        .client
+        .get(format!(
+            "{}/messages/events?from=earliest&deviceId=node-dev-1",
+            rest.base
+        ))
+        .header("authorization", rest.token())
+        .send()
+        .await
+        .unwrap();
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: Value =
+        serde_json::from_str(String::from_utf8_lossy(&chunk).lines().next().unwrap()).unwrap();
+    assert_eq!(event["properties"]["temperatureAlert"], "true");
+
+    // The Node registry client: create, get, list, twin update, delete, 404 after.
+    let ca2 = ca.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let out = Command::new("node")
+            .arg(format!("{}/registry.js", harness().unwrap()))
+            .args(["--connection-string", &hub_cs, "--timeout", "40"])
+            .env("NODE_EXTRA_CA_CERTS", &ca2)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<Value>(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("{stdout}"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["updated"]["desired"]["telemetryDelay"], "3");
+    assert_eq!(result["getAfterDelete"], "DeviceNotFoundError");
+}

@@ -15,7 +15,7 @@ const harness = require('./harness');
 const USAGE = `usage: hub_device.js --connection-string CS [--ca FILE] [--timeout SECONDS] [--verbose]
 
   --connection-string  HostName=<host>;DeviceId=<id>;SharedAccessKey=<key>
-                       MQTT over TLS: mqtts://<host>, port 8883 ("host:port" is NOT supported).
+                       MQTT over TLS: mqtts://<host>, port 8883, or HostName=<host>:<port>.
   --ca                 PEM file passed to client.setOptions({ca}) (the server CA).
                        Without it, trust comes from NODE_EXTRA_CA_CERTS only.
   --timeout            overall deadline in seconds (default 30).

@@ -35,10 +35,15 @@ function briefDevice(d) {
 function briefTwin(t) {
   if (!t) return null;
   const p = t.properties || {};
+  let desired = p.desired === undefined ? null : p.desired;
+  if (desired && typeof desired === 'object') {
+    desired = Object.assign({}, desired);
+    delete desired.$metadata;
+  }
   return {
     deviceId: t.deviceId === undefined ? null : t.deviceId,
     etag: t.etag === undefined ? null : t.etag,
-    desired: p.desired === undefined ? null : p.desired,
+    desired: desired,
     reportedVersion: p.reported && p.reported.$version !== undefined ? p.reported.$version : null,
   };
 }
@@ -95,7 +100,9 @@ function main() {
     // 5. twin.update -> PATCH /twins/{id} with If-Match: <twin etag>
     step = 'updateTwin';
     const before = twin.etag;
-    const updated = (await twin.update({ properties: { desired: DESIRED } })).responseBody;
+    // NOTE: Twin.update resolves {result: <the same Twin, refreshed>, message},
+    // unlike the Registry methods ({responseBody, httpResponse}).
+    const updated = (await twin.update({ properties: { desired: DESIRED } })).result;
     out.updated = briefTwin(updated);
     const d = updated && updated.properties ? updated.properties.desired : null;
     if (!d || d.telemetryDelay !== DESIRED.telemetryDelay) fail('updated twin lacks desired.telemetryDelay="3"', { got: out.updated });

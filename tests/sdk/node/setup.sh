@@ -30,7 +30,8 @@ fi
 (cd "$here" && node -e '
 for (const p of ["azure-iot-provisioning-device", "azure-iot-provisioning-device-mqtt",
                  "azure-iot-provisioning-device-http", "azure-iot-security-x509",
-                 "azure-iot-security-symmetric-key", "azure-iot-provisioning-service"]) require(p);
+                 "azure-iot-security-symmetric-key", "azure-iot-provisioning-service",
+                 "azure-iot-device", "azure-iot-device-mqtt", "azure-iothub"]) require(p);
 ' >&2)
 echo "$want" > "$marker"
 
