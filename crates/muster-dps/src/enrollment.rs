@@ -229,6 +229,41 @@ fn page_size(max_items: Option<usize>) -> usize {
 }
 
 impl Dps {
+    /// One page of a collection in key order: at most `max_items` (default 100, at most 1000)
+    /// converted records after `continuation`; the next continuation is the last key returned,
+    /// and is `None` on the last page (the Node SDK stops only when it is absent).
+    pub(crate) async fn page<T>(
+        &self,
+        collection: Collection,
+        index: Option<&str>,
+        max_items: Option<usize>,
+        continuation: Option<&str>,
+        mut convert: impl FnMut(&Record) -> Result<T, DpsError>,
+    ) -> Result<Page<T>, DpsError> {
+        let limit = page_size(max_items);
+        let records = self
+            .store
+            .list(collection, index, continuation, limit + 1)
+            .await?;
+        let more = records.len() > limit;
+        let page: Vec<&Record> = records.iter().take(limit).collect();
+        let continuation = if more {
+            page.last().map(|r| r.key.clone())
+        } else {
+            None
+        };
+        let items = page
+            .into_iter()
+            .map(&mut convert)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            items,
+            continuation,
+        })
+    }
+}
+
+impl Dps {
     fn check_allocation(
         &self,
         policy: AllocationPolicy,
@@ -475,28 +510,19 @@ impl Dps {
         max_items: Option<usize>,
         continuation: Option<&str>,
     ) -> Result<Page<EnrollmentGroup>, DpsError> {
-        let limit = page_size(max_items);
-        let records = self
-            .store
-            .list(Collection::EnrollmentGroups, None, continuation, limit + 1)
-            .await?;
-        let more = records.len() > limit;
-        let mut items = Vec::new();
-        for r in records.iter().take(limit) {
-            let mut g = group_from(r)?;
-            g.etag = Some(r.etag.clone());
-            g.attestation = redact(g.attestation);
-            items.push(g);
-        }
-        let continuation = if more {
-            items.last().map(|g| g.enrollment_group_id.clone())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
+        self.page(
+            Collection::EnrollmentGroups,
+            None,
+            max_items,
             continuation,
-        })
+            |r| {
+                let mut g = group_from(r)?;
+                g.etag = Some(r.etag.clone());
+                g.attestation = redact(g.attestation);
+                Ok(g)
+            },
+        )
+        .await
     }
 
     /// Create or replace an individual enrollment.
@@ -684,29 +710,20 @@ impl Dps {
         max_items: Option<usize>,
         continuation: Option<&str>,
     ) -> Result<Page<IndividualEnrollment>, DpsError> {
-        let limit = page_size(max_items);
-        let records = self
-            .store
-            .list(Collection::Enrollments, None, continuation, limit + 1)
-            .await?;
-        let more = records.len() > limit;
-        let mut items = Vec::new();
-        for r in records.iter().take(limit) {
-            let mut e: IndividualEnrollment =
-                serde_json::from_value(r.body.clone()).map_err(|err| invalid(err.to_string()))?;
-            e.etag = Some(r.etag.clone());
-            e.attestation = redact(e.attestation);
-            items.push(e);
-        }
-        let continuation = if more {
-            items.last().map(|e| e.registration_id.clone())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
+        self.page(
+            Collection::Enrollments,
+            None,
+            max_items,
             continuation,
-        })
+            |r| {
+                let mut e: IndividualEnrollment = serde_json::from_value(r.body.clone())
+                    .map_err(|err| invalid(err.to_string()))?;
+                e.etag = Some(r.etag.clone());
+                e.attestation = redact(e.attestation);
+                Ok(e)
+            },
+        )
+        .await
     }
 
     /// The attestation mechanism of an individual enrollment (with keys).

@@ -816,32 +816,18 @@ impl Dps {
         max_items: Option<usize>,
         continuation: Option<&str>,
     ) -> Result<Page<RegistrationState>, DpsError> {
-        let limit = max_items.unwrap_or(100).clamp(1, 1000);
-        let records = self
-            .store
-            .list(
-                Collection::Registrations,
-                Some(group_id),
-                continuation,
-                limit + 1,
-            )
-            .await?;
-        let more = records.len() > limit;
-        let mut items = Vec::new();
-        for r in records.iter().take(limit) {
-            let mut s: RegistrationState = serde_json::from_value(r.body.clone())
-                .map_err(|e| DpsError::InvalidInput(e.to_string()))?;
-            s.etag = Some(r.etag.clone());
-            items.push(s);
-        }
-        let continuation = if more {
-            items.last().map(|s| s.registration_id.clone())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
+        self.page(
+            Collection::Registrations,
+            Some(group_id),
+            max_items,
             continuation,
-        })
+            |r| {
+                let mut s: RegistrationState = serde_json::from_value(r.body.clone())
+                    .map_err(|e| DpsError::InvalidInput(e.to_string()))?;
+                s.etag = Some(r.etag.clone());
+                Ok(s)
+            },
+        )
+        .await
     }
 }
