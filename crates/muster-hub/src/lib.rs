@@ -9,12 +9,14 @@
 //!   views devices and services see.
 //! - [`docs`]: the device-identity and twin documents (IoT Hub's `Device` and `Twin` shapes) as
 //!   stored; provisioning creates them through this module.
-//! - [`query`]: the IoT Hub query language subset (`SELECT * | COUNT() FROM devices WHERE …`).
+//! - [`modules`]: module identities (`deviceId/moduleId`) and persistent MQTT sessions.
+//! - [`query`]: the IoT Hub query language subset (`SELECT … FROM devices WHERE … GROUP BY …`).
 //! - [`registry`]: the device registry and service-side twin operations over the store, with
 //!   IoT Hub's error codes.
 //! - [`time_fmt`]: Azure's timestamp format.
 
 pub mod docs;
+pub mod modules;
 pub mod query;
 pub mod registry;
 pub mod time_fmt;

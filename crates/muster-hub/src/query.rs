@@ -2,14 +2,20 @@
 //!
 //! ```text
 //! SELECT * FROM devices [WHERE <condition>]
-//! SELECT COUNT() [AS <name>] FROM devices [WHERE <condition>]
+//! SELECT <item>, … FROM devices [WHERE <condition>] [GROUP BY <path>, …]
+//! item      := COUNT() [AS <name>] | path [AS <name>]
 //! condition := term (OR term)* ; term := factor (AND factor)*
 //! factor    := NOT factor | ( condition ) | IS_DEFINED(path) | STARTSWITH(path, 'text')
 //!            | path (= | != | <> | < | <= | > | >=) literal
 //! path      := deviceId | status | connectionState | tags.a.b | properties.desired.x | properties.reported.x
 //! literal   := 'text' | "text" | number | true | false | null
 //! ```
-//! Conditions are evaluated against the service view of each twin.
+//! Conditions are evaluated against the service view of each twin. Without GROUP BY a
+//! selection of paths projects each twin (a column is named after its alias or its last path
+//! segment) and a lone `COUNT()` counts; with GROUP BY every selected path must be grouped and
+//! each group gives one row with its values and its count, as IoT Hub does for
+//! `SELECT properties.reported.telemetryDelay, COUNT() AS n FROM devices GROUP BY
+//! properties.reported.telemetryDelay`.
 
 use std::cmp::Ordering;
 
@@ -18,10 +24,34 @@ use serde_json::Value;
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
-    /// `Some(alias)` for `SELECT COUNT()`.
-    pub count: Option<String>,
+    /// What each row holds; empty for `SELECT *`.
+    pub select: Vec<Item>,
     /// The WHERE condition.
     pub condition: Option<Condition>,
+    /// The GROUP BY paths.
+    pub group_by: Vec<Vec<String>>,
+}
+
+/// One item of a SELECT list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// `COUNT() [AS name]` (default name `$1`).
+    Count(String),
+    /// A property path and the column name (its alias or its last segment).
+    Path(Vec<String>, String),
+}
+
+/// How a query's rows are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One row per matching twin, the whole twin.
+    Twins,
+    /// One row per matching twin, the selected paths.
+    Projection,
+    /// One row: the count of matching twins.
+    Count,
+    /// One row per group.
+    Groups,
 }
 
 /// A WHERE condition.
@@ -189,6 +219,30 @@ impl Parser {
             _ => Err("expected a property path".into()),
         }
     }
+    fn alias(&mut self) -> Result<Option<String>, String> {
+        if !self.word("AS") {
+            return Ok(None);
+        }
+        match self.next() {
+            Some(Token::Word(w)) if !w.contains('.') => Ok(Some(w)),
+            _ => Err("expected a name after AS".into()),
+        }
+    }
+    fn item(&mut self) -> Result<Item, String> {
+        if self.word("COUNT") {
+            self.expect_sym("(")?;
+            self.expect_sym(")")?;
+            return Ok(Item::Count(
+                self.alias()?.unwrap_or_else(|| "$1".to_owned()),
+            ));
+        }
+        let path = self.path()?;
+        let name = match self.alias()? {
+            Some(a) => a,
+            None => path.last().cloned().unwrap_or_default(),
+        };
+        Ok(Item::Path(path, name))
+    }
     fn literal(&mut self) -> Result<Value, String> {
         match self.next() {
             Some(Token::Str(s)) => Ok(Value::String(s)),
@@ -266,22 +320,15 @@ pub fn parse(text: &str) -> Result<Query, String> {
     if !p.word("SELECT") {
         return Err("a query starts with SELECT".into());
     }
-    let count = if p.sym("*") {
-        None
-    } else if p.word("COUNT") {
-        p.expect_sym("(")?;
-        p.expect_sym(")")?;
-        Some(if p.word("AS") {
-            match p.next() {
-                Some(Token::Word(w)) => w,
-                _ => return Err("expected a name after AS".into()),
+    let mut select = Vec::new();
+    if !p.sym("*") {
+        loop {
+            select.push(p.item()?);
+            if !p.sym(",") {
+                break;
             }
-        } else {
-            "$1".to_owned()
-        })
-    } else {
-        return Err("only SELECT * and SELECT COUNT() are supported".into());
-    };
+        }
+    }
     if !p.word("FROM") || !p.word("devices") {
         return Err("only FROM devices is supported".into());
     }
@@ -290,10 +337,123 @@ pub fn parse(text: &str) -> Result<Query, String> {
     } else {
         None
     };
+    let mut group_by = Vec::new();
+    if p.word("GROUP") {
+        if !p.word("BY") {
+            return Err("expected BY after GROUP".into());
+        }
+        loop {
+            group_by.push(p.path()?);
+            if !p.sym(",") {
+                break;
+            }
+        }
+    }
     if p.peek().is_some() {
         return Err("unexpected text after the query".into());
     }
-    Ok(Query { count, condition })
+    let query = Query {
+        select,
+        condition,
+        group_by,
+    };
+    query.check()?;
+    Ok(query)
+}
+
+impl Query {
+    fn check(&self) -> Result<(), String> {
+        let counts = self
+            .select
+            .iter()
+            .filter(|i| matches!(i, Item::Count(_)))
+            .count();
+        if self.group_by.is_empty() {
+            if counts > 0 && self.select.len() > 1 {
+                return Err("COUNT() with other columns needs GROUP BY".into());
+            }
+            return Ok(());
+        }
+        if self.select.is_empty() {
+            return Err("SELECT * cannot be grouped; select the grouped paths and COUNT()".into());
+        }
+        for item in &self.select {
+            if let Item::Path(path, _) = item
+                && !self.group_by.contains(path)
+            {
+                return Err(format!(
+                    "'{}' is selected but not in GROUP BY",
+                    path.join(".")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How the rows are made.
+    #[must_use]
+    pub fn shape(&self) -> Shape {
+        if !self.group_by.is_empty() {
+            Shape::Groups
+        } else if self.select.is_empty() {
+            Shape::Twins
+        } else if matches!(self.select.first(), Some(Item::Count(_))) {
+            Shape::Count
+        } else {
+            Shape::Projection
+        }
+    }
+
+    /// Whether a twin (service view) is selected by the WHERE condition.
+    #[must_use]
+    pub fn selects(&self, twin: &Value) -> bool {
+        self.condition.as_ref().is_none_or(|c| c.matches(twin))
+    }
+
+    /// A twin's row for [`Shape::Projection`]: the selected paths that it defines.
+    #[must_use]
+    pub fn project(&self, twin: &Value) -> Value {
+        let mut row = serde_json::Map::new();
+        for item in &self.select {
+            if let Item::Path(path, name) = item
+                && let Some(v) = lookup(twin, path)
+            {
+                row.insert(name.clone(), v.clone());
+            }
+        }
+        Value::Object(row)
+    }
+
+    /// A twin's group key for [`Shape::Groups`]: the grouped values (null when undefined).
+    #[must_use]
+    pub fn group_key(&self, twin: &Value) -> Vec<Value> {
+        self.group_by
+            .iter()
+            .map(|p| lookup(twin, p).cloned().unwrap_or(Value::Null))
+            .collect()
+    }
+
+    /// The row of one group with `count` members (or the lone count row, with an empty key).
+    #[must_use]
+    pub fn group_row(&self, key: &[Value], count: u64) -> Value {
+        let mut row = serde_json::Map::new();
+        for item in &self.select {
+            match item {
+                Item::Count(name) => {
+                    row.insert(name.clone(), Value::from(count));
+                }
+                Item::Path(path, name) => {
+                    let at = self.group_by.iter().position(|g| g == path);
+                    if let Some(v) = at.and_then(|i| key.get(i))
+                        && !v.is_null()
+                    {
+                        row.insert(name.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        Value::Object(row)
+    }
 }
 
 fn lookup<'a>(twin: &'a Value, path: &[String]) -> Option<&'a Value> {
@@ -369,12 +529,33 @@ mod tests {
         ));
         assert!(!q("SELECT * FROM devices WHERE IS_DEFINED(tags.missing)"));
         assert!(q("SELECT * FROM devices WHERE tags.site <> 'home'"));
+        let count = parse("SELECT COUNT() AS numberOfDevices FROM devices").unwrap();
+        assert_eq!(count.shape(), Shape::Count);
+        assert_eq!(count.group_row(&[], 3), json!({"numberOfDevices": 3}));
+        let grouped = parse(
+            "SELECT properties.reported.telemetryDelay, COUNT() AS n FROM devices \
+             WHERE status = 'enabled' GROUP BY properties.reported.telemetryDelay",
+        )
+        .unwrap();
+        assert_eq!(grouped.shape(), Shape::Groups);
+        assert!(grouped.selects(&twin));
+        let key = grouped.group_key(&twin);
+        assert_eq!(key, vec![json!(2)]);
         assert_eq!(
-            parse("SELECT COUNT() AS numberOfDevices FROM devices")
-                .unwrap()
-                .count
-                .as_deref(),
-            Some("numberOfDevices")
+            grouped.group_row(&key, 5),
+            json!({"telemetryDelay": 2, "n": 5})
+        );
+        assert_eq!(
+            grouped.group_row(&[Value::Null], 1),
+            json!({"n": 1}),
+            "an undefined group value is left out of the row"
+        );
+        let projection =
+            parse("SELECT deviceId, tags.site AS place, tags.none FROM devices").unwrap();
+        assert_eq!(projection.shape(), Shape::Projection);
+        assert_eq!(
+            projection.project(&twin),
+            json!({"deviceId": "sensor-7", "place": "lab"})
         );
         for bad in [
             "DELETE FROM devices",
@@ -382,6 +563,11 @@ mod tests {
             "SELECT * FROM devices WHERE",
             "SELECT * FROM devices WHERE tags.a = 'x",
             "SELECT * FROM devices WHERE a ~ 1",
+            "SELECT deviceId, COUNT() FROM devices",
+            "SELECT * FROM devices GROUP BY status",
+            "SELECT deviceId, COUNT() FROM devices GROUP BY status",
+            "SELECT status, COUNT() FROM devices GROUP status",
+            "SELECT COUNT() AS a.b FROM devices",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tracing::info;
 
 use crate::docs::{self, DeviceAuth};
+use crate::query::Shape;
 use crate::time_fmt;
 use crate::twin::{self, Limits, Section, TwinError};
 
@@ -37,6 +38,12 @@ pub enum HubError {
     /// 409 DeviceAlreadyExists.
     #[error("device '{0}' already exists")]
     DeviceAlreadyExists(String),
+    /// 404 ModuleNotFound (`deviceId/moduleId`).
+    #[error("module '{0}' not found")]
+    ModuleNotFound(String),
+    /// 409 ModuleAlreadyExistsOnDevice (`deviceId/moduleId`).
+    #[error("module '{0}' already exists")]
+    ModuleAlreadyExists(String),
     /// 401 IotHubUnauthorizedAccess (the reason is logged by the caller, not returned).
     #[error("unauthorized")]
     Unauthorized,
@@ -72,10 +79,10 @@ impl HubError {
             Self::Twin(TwinError::TooLarge { .. }) => 413,
             Self::Twin(_) => 400,
             Self::Unauthorized => 401,
-            Self::DeviceNotFound(_) | Self::DeviceNotOnline(_) => 404,
+            Self::DeviceNotFound(_) | Self::DeviceNotOnline(_) | Self::ModuleNotFound(_) => 404,
             Self::GatewayTimeout(_) => 504,
             Self::QueueFull(_) => 403,
-            Self::DeviceAlreadyExists(_) => 409,
+            Self::DeviceAlreadyExists(_) | Self::ModuleAlreadyExists(_) => 409,
             Self::PreconditionFailed => 412,
             Self::Store(_) => 500,
         }
@@ -92,6 +99,8 @@ impl HubError {
             Self::GatewayTimeout(_) => "GatewayTimeoutError",
             Self::QueueFull(_) => "DeviceMaximumQueueDepthExceeded",
             Self::DeviceAlreadyExists(_) => "DeviceAlreadyExists",
+            Self::ModuleNotFound(_) => "ModuleNotFound",
+            Self::ModuleAlreadyExists(_) => "ModuleAlreadyExistsOnDevice",
             Self::PreconditionFailed => "PreconditionFailed",
             Self::Store(_) => "ServerError",
         }
@@ -110,8 +119,8 @@ impl HubError {
 /// The registry of one server (all its hubs).
 #[derive(Clone)]
 pub struct Registry {
-    store: Arc<dyn Store>,
-    limits: Limits,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) limits: Limits,
 }
 
 impl std::fmt::Debug for Registry {
@@ -146,7 +155,7 @@ pub fn check_device_id(id: &str) -> Result<(), HubError> {
     }
 }
 
-fn precondition(header: Option<&str>) -> Precondition {
+pub(crate) fn precondition(header: Option<&str>) -> Precondition {
     match header.map(|h| h.trim().trim_matches('"')) {
         None | Some("") => Precondition::None,
         Some("*") => Precondition::Exists,
@@ -193,7 +202,7 @@ fn sas_key(v: Option<&Value>) -> Result<String, HubError> {
 
 /// Normalise the `authentication` of a device body (keys generated when empty, type inferred
 /// from thumbprints as the Node SDK expects).
-fn authentication(body: &Value) -> Result<Value, HubError> {
+pub(crate) fn authentication(body: &Value) -> Result<Value, HubError> {
     let auth = body
         .get("authentication")
         .cloned()
@@ -241,6 +250,25 @@ fn authentication(body: &Value) -> Result<Value, HubError> {
         other => Err(HubError::InvalidInput(format!(
             "unknown authentication type '{other}'"
         ))),
+    }
+}
+
+/// The collection holding an identity: `deviceId` (a device) or `deviceId/moduleId` (a module;
+/// device ids cannot contain `/`).
+pub(crate) fn identity_collection(id: &str) -> Collection {
+    if id.contains('/') {
+        Collection::Modules
+    } else {
+        Collection::Devices
+    }
+}
+
+/// The not-found error for an identity.
+pub(crate) fn not_found(id: &str) -> HubError {
+    if id.contains('/') {
+        HubError::ModuleNotFound(id.to_owned())
+    } else {
+        HubError::DeviceNotFound(id.to_owned())
     }
 }
 
@@ -396,12 +424,18 @@ impl Registry {
             },
             Write::Delete {
                 collection: Collection::Twins,
+                key: key.clone(),
+                precondition: Precondition::None,
+            },
+            Write::Delete {
+                collection: Collection::Sessions,
                 key,
                 precondition: Precondition::None,
             },
         ];
         match self.store.write_batch(writes).await {
             Ok(_) => {
+                self.delete_modules_of(hub, id).await?;
                 // A device created again under this id must not receive the old one's messages.
                 let queue = docs::key(hub, id);
                 for r in self
@@ -496,9 +530,9 @@ impl Registry {
         let key = docs::key(hub, id);
         let device = self
             .store
-            .get(Collection::Devices, &key)
+            .get(identity_collection(id), &key)
             .await?
-            .ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+            .ok_or_else(|| not_found(id))?;
         let twin = match self.store.get(Collection::Twins, &key).await? {
             Some(t) => t,
             None => {
@@ -525,6 +559,9 @@ impl Registry {
             "deviceId".into(),
             twin.get("deviceId").cloned().unwrap_or(Value::Null),
         );
+        if let Some(m) = twin.get("moduleId") {
+            v.insert("moduleId".into(), m.clone());
+        }
         v.insert("etag".into(), json!(etag));
         v.insert(
             "deviceEtag".into(),
@@ -663,7 +700,7 @@ impl Registry {
     pub async fn device_document(&self, hub: &str, id: &str) -> Result<Option<Value>, HubError> {
         Ok(self
             .store
-            .get(Collection::Devices, &docs::key(hub, id))
+            .get(identity_collection(id), &docs::key(hub, id))
             .await?
             .map(|r| r.body))
     }
@@ -889,7 +926,13 @@ impl Registry {
             .put(
                 collection,
                 &record.key,
-                Some(&hub.to_ascii_lowercase()),
+                Some(
+                    record
+                        .index
+                        .clone()
+                        .unwrap_or_else(|| hub.to_ascii_lowercase())
+                        .as_str(),
+                ),
                 body,
                 Precondition::IfMatch(record.etag.clone()),
             )
@@ -915,7 +958,7 @@ impl Registry {
     ) -> Result<(), HubError> {
         let key = docs::key(hub, id);
         for _ in 0..8 {
-            let Some(record) = self.store.get(Collection::Devices, &key).await? else {
+            let Some(record) = self.store.get(identity_collection(id), &key).await? else {
                 return Ok(());
             };
             let mut d = record.body.clone();
@@ -931,7 +974,7 @@ impl Registry {
                 o.insert("lastActivityTime".into(), json!(stamp));
             }
             if self
-                .write_back(Collection::Devices, hub, &record, &d)
+                .write_back(identity_collection(id), hub, &record, &d)
                 .await?
             {
                 return Ok(());
@@ -956,10 +999,12 @@ impl Registry {
     ) -> Result<(Vec<Value>, Option<String>), HubError> {
         let q = crate::query::parse(text)
             .map_err(|e| HubError::InvalidInput(format!("invalid query: {e}")))?;
+        let shape = q.shape();
         let index = hub.to_ascii_lowercase();
         let limit = max_items.clamp(1, 1000);
         let mut out = Vec::new();
-        let mut count = 0u64;
+        let mut groups: std::collections::BTreeMap<String, (Vec<Value>, u64)> =
+            std::collections::BTreeMap::new();
         let mut after = continuation.map(|c| docs::key(hub, c));
         loop {
             let devices = self
@@ -972,27 +1017,47 @@ impl Registry {
                 let twin = self.store.get(Collection::Twins, &d.key).await?;
                 let (body, etag) = twin.map_or((Value::Null, String::new()), |t| (t.body, t.etag));
                 let view = Self::twin_view(&body, &etag, &with_etag(d.body.clone(), &d.etag));
-                if q.condition.as_ref().is_none_or(|c| c.matches(&view)) {
-                    if q.count.is_some() {
-                        count += 1;
-                    } else {
-                        out.push(view);
+                if !q.selects(&view) {
+                    continue;
+                }
+                match shape {
+                    Shape::Count | Shape::Groups => {
+                        let key = q.group_key(&view);
+                        let entry = groups
+                            .entry(Value::Array(key.clone()).to_string())
+                            .or_insert((key, 0));
+                        entry.1 += 1;
+                    }
+                    Shape::Twins | Shape::Projection => {
+                        let id = view.get("deviceId").cloned().unwrap_or(Value::Null);
+                        let row = if shape == Shape::Twins {
+                            view
+                        } else {
+                            q.project(&view)
+                        };
+                        out.push((id, row));
                         if out.len() > limit {
                             out.pop();
                             let next = out
                                 .last()
-                                .and_then(|v| v.get("deviceId"))
-                                .and_then(Value::as_str)
+                                .and_then(|(id, _)| id.as_str())
                                 .map(str::to_owned);
-                            return Ok((out, next));
+                            return Ok((out.into_iter().map(|(_, r)| r).collect(), next));
                         }
                     }
                 }
             }
         }
-        if let Some(alias) = q.count {
-            return Ok((vec![json!({ alias: count })], None));
-        }
-        Ok((out, None))
+        Ok(match shape {
+            Shape::Count => (
+                vec![q.group_row(&[], groups.values().map(|(_, n)| n).sum())],
+                None,
+            ),
+            Shape::Groups => (
+                groups.values().map(|(k, n)| q.group_row(k, *n)).collect(),
+                None,
+            ),
+            Shape::Twins | Shape::Projection => (out.into_iter().map(|(_, r)| r).collect(), None),
+        })
     }
 }

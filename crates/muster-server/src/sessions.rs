@@ -1,5 +1,5 @@
-//! Connected hub devices: who holds each device's connection, how to reach it, and the
-//! subscriptions of CleanSession=0 sessions.
+//! Connected hub devices: who holds each device's connection and how to reach it. (The
+//! subscriptions of CleanSession=0 sessions are durable, in the registry.)
 //!
 //! Ownership: the map is touched only when a device connects or disconnects and when a service
 //! needs to reach one device (a desired patch, a kick) — never per telemetry message. Each
@@ -50,8 +50,6 @@ pub(crate) struct Sessions {
     live: Mutex<HashMap<String, Entry>>,
     /// Direct-method calls awaiting the device's response, by `{session key}/{rid}`.
     methods: Mutex<HashMap<String, tokio::sync::oneshot::Sender<MethodReply>>>,
-    /// Subscriptions kept for CleanSession=0 clients, by session key.
-    persistent: Mutex<HashMap<String, Vec<String>>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -142,29 +140,6 @@ impl Sessions {
             && let Some(e) = live.remove(key)
         {
             e.kick.cancel();
-        }
-        self.forget(key);
-    }
-
-    /// Saved subscriptions of a persistent session.
-    pub(crate) fn saved(&self, key: &str) -> Option<Vec<String>> {
-        self.persistent
-            .lock()
-            .ok()
-            .and_then(|p| p.get(key).cloned())
-    }
-
-    /// Save the subscriptions of a persistent session.
-    pub(crate) fn save(&self, key: &str, subscriptions: Vec<String>) {
-        if let Ok(mut p) = self.persistent.lock() {
-            p.insert(key.to_owned(), subscriptions);
-        }
-    }
-
-    /// Drop a session's saved state (CleanSession=1, or the device is gone).
-    pub(crate) fn forget(&self, key: &str) {
-        if let Ok(mut p) = self.persistent.lock() {
-            p.remove(key);
         }
     }
 }

@@ -705,13 +705,312 @@ async fn queries_filter_count_and_page() {
         ["a3", "a4"]
     );
     assert!(headers.get("x-ms-continuation").is_none());
+    // GROUP BY: one row per group, as the portal's "devices by site" tile asks.
     let (status, _, body) = rest
         .send(
             Method::POST,
             "/devices/query",
-            Some(q("SELECT * FROM modules")),
+            Some(q(
+                "SELECT tags.site, COUNT() AS numberOfDevices FROM devices GROUP BY tags.site",
+            )),
             &[],
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!([{"site": "home", "numberOfDevices": 1}, {"site": "lab", "numberOfDevices": 3}])
+    );
+    let (_, _, body) = rest
+        .send(
+            Method::POST,
+            "/devices/query",
+            Some(q(
+                "SELECT deviceId, tags.site AS place FROM devices WHERE deviceId = 'a3'",
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(body, json!([{"deviceId": "a3", "place": "home"}]));
+    for bad in [
+        "SELECT * FROM modules",
+        "SELECT deviceId, COUNT() FROM devices GROUP BY tags.site",
+    ] {
+        let (status, _, body) = rest
+            .send(Method::POST, "/devices/query", Some(q(bad)), &[])
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn modules_have_identities_twins_telemetry_and_methods() {
+    let server = TestServer::start().await;
+    let rest = hub_rest(&server);
+    // A module needs its device.
+    let (status, _, body) = rest
+        .send(
+            Method::PUT,
+            "/devices/gw/modules/sensor",
+            Some(json!({"moduleId": "sensor"})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ErrorCode:DeviceNotFound;")
+    );
+    rest.ok(
+        Method::PUT,
+        "/devices/gw",
+        Some(json!({"deviceId": "gw"})),
+        &[],
+    )
+    .await;
+    let module = rest
+        .ok(
+            Method::PUT,
+            "/devices/gw/modules/sensor",
+            Some(json!({"deviceId": "gw", "moduleId": "sensor", "managedBy": "ops"})),
+            &[],
+        )
+        .await;
+    assert_eq!(module["moduleId"], "sensor");
+    assert_eq!(module["managedBy"], "ops");
+    assert_eq!(module["connectionState"], "Disconnected");
+    let key = muster_auth::Secret::new(
+        module["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap(),
+    );
+    let (status, _, body) = rest
+        .send(
+            Method::PUT,
+            "/devices/gw/modules/sensor",
+            Some(json!({"moduleId": "sensor"})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ErrorCode:ModuleAlreadyExistsOnDevice;")
+    );
+    let list = rest.ok(Method::GET, "/devices/gw/modules", None, &[]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // Modules are not devices: the device list and queries count only devices.
+    let devices = rest.ok(Method::GET, "/devices", None, &[]).await;
+    assert_eq!(devices.as_array().unwrap().len(), 1);
+
+    // The module connects with its own SAS key: username host/device/module, client id
+    // device/module.
+    let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3600;
+    let user = "localhost/gw/sensor/?api-version=2021-04-12";
+    let device_token =
+        muster_auth::sas::make_token("localhost/devices/gw", &key, None, exp).unwrap();
+    let refused = server
+        .mqtt("gw/sensor", user, Some(&device_token), None)
+        .await;
+    assert_eq!(
+        refused.connack.code,
+        ConnectReturnCode::NotAuthorized,
+        "a token for the device is not one for the module"
+    );
+    let token =
+        muster_auth::sas::make_token("localhost/devices/gw/modules/sensor", &key, None, exp)
+            .unwrap();
+    let wrong_client = server.mqtt("gw", user, Some(&token), None).await;
+    assert_eq!(
+        wrong_client.connack.code,
+        ConnectReturnCode::IdentifierRejected
+    );
+    let mut m = server.mqtt("gw/sensor", user, Some(&token), None).await;
+    assert_eq!(m.connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(
+        m.subscribe("devices/gw/messages/devicebound/#").await,
+        [SubAckReturnCode::Failure],
+        "modules get no cloud-to-device messages"
+    );
+    m.subscribe("$iothub/twin/res/#").await;
+    m.subscribe("$iothub/twin/PATCH/properties/desired/#").await;
+    m.subscribe("$iothub/methods/POST/#").await;
+    let reply = twin_request(
+        &mut m,
+        "$iothub/twin/PATCH/properties/reported/?$rid=1",
+        br#"{"firmware":"1.2"}"#,
+        1,
+    )
+    .await;
+    assert_eq!(reply.topic, "$iothub/twin/res/204/?$rid=1&$version=2");
+    let twin = rest
+        .ok(Method::GET, "/twins/gw/modules/sensor", None, &[])
+        .await;
+    assert_eq!(twin["moduleId"], "sensor");
+    assert_eq!(twin["properties"]["reported"]["firmware"], "1.2");
+    let device_twin = rest.ok(Method::GET, "/twins/gw", None, &[]).await;
+    assert!(
+        device_twin["properties"]["reported"]
+            .get("firmware")
+            .is_none(),
+        "the module's twin is its own"
+    );
+    rest.ok(
+        Method::PATCH,
+        "/twins/gw/modules/sensor",
+        Some(json!({"properties": {"desired": {"interval": 5}}})),
+        &[],
+    )
+    .await;
+    let patch = m.next_publish().await;
+    assert!(
+        patch
+            .topic
+            .starts_with("$iothub/twin/PATCH/properties/desired/")
+    );
+    let patch: Value = serde_json::from_slice(&patch.payload).unwrap();
+    assert_eq!(patch["interval"], 5);
+
+    // Telemetry carries the module id.
+    m.publish(
+        "devices/gw/modules/sensor/messages/events/kind=env",
+        b"{\"t\":1}",
+        7,
+    )
+    .await;
+    assert!(matches!(m.recv().await, Some(Packet::PubAck(7))));
+    let events = read_events(&rest, "earliest", 1).await;
+    assert_eq!(events[0]["deviceId"], "gw");
+    assert_eq!(events[0]["moduleId"], "sensor");
+    assert_eq!(events[0]["properties"]["kind"], "env");
+    assert_eq!(
+        events[0]["systemProperties"]["iothub-connection-module-id"],
+        "sensor"
+    );
+
+    // A direct method on the module reaches the module's connection.
+    let caller = {
+        let rest = hub_rest(&server);
+        tokio::spawn(async move {
+            rest.send(
+                Method::POST,
+                "/twins/gw/modules/sensor/methods",
+                Some(json!({"methodName": "ping", "payload": {"n": 1}, "responseTimeoutInSeconds": 10})),
+                &[],
+            )
+            .await
+        })
+    };
+    let request = m.next_publish().await;
+    assert!(
+        request
+            .topic
+            .starts_with("$iothub/methods/POST/ping/?$rid="),
+        "{}",
+        request.topic
+    );
+    let rid = request.topic.rsplit("$rid=").next().unwrap().to_owned();
+    m.publish(
+        &format!("$iothub/methods/res/200/?$rid={rid}"),
+        br#"{"pong":1}"#,
+        8,
+    )
+    .await;
+    let (status, _, body) = caller.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": 200, "payload": {"pong": 1}}));
+    assert!(matches!(m.recv().await, Some(Packet::PubAck(8))));
+
+    // Publishing as the device (not the module) closes the connection.
+    m.publish("devices/gw/messages/events/", b"x", 9).await;
+    assert!(m.recv().await.is_none());
+
+    // Deleting the device deletes its modules.
+    rest.ok(Method::DELETE, "/devices/gw", None, &[]).await;
+    rest.ok(
+        Method::PUT,
+        "/devices/gw",
+        Some(json!({"deviceId": "gw"})),
+        &[],
+    )
+    .await;
+    let (status, _, _) = rest
+        .send(Method::GET, "/devices/gw/modules/sensor", None, &[])
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, body) = rest
+        .send(Method::DELETE, "/devices/gw/modules/sensor", None, &[])
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ErrorCode:ModuleNotFound;")
+    );
+}
+
+#[tokio::test]
+async fn persistent_sessions_survive_a_restart() {
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let chain = provisioned(&server, &pki).await;
+    let identity = Some((chain.as_str(), pki.leaf.key_pem.as_str()));
+    let mut dev = server.mqtt("device-1", HUB_USER, None, identity).await;
+    assert!(!dev.connack.session_present);
+    dev.subscribe("$iothub/twin/PATCH/properties/desired/#")
+        .await;
+    dev.subscribe("devices/device-1/messages/devicebound/#")
+        .await;
+    drop(dev);
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, "127.0.0.1".parse().unwrap(), 0).await;
+    let rest = hub_rest(&server);
+    // Queued while the device is away.
+    assert_eq!(send_c2d(&rest, "device-1", b"while away", &[]).await, 204);
+    let mut dev = server.mqtt("device-1", HUB_USER, None, identity).await;
+    assert!(
+        dev.connack.session_present,
+        "the session outlived the restart"
+    );
+    // No SUBSCRIBE this time: the saved subscriptions deliver the message and the patch.
+    let c2d = dev.next_publish().await;
+    assert_eq!(&c2d.payload[..], b"while away");
+    dev.send(&Packet::PubAck(c2d.packet_id.unwrap())).await;
+    rest.ok(
+        Method::PATCH,
+        "/twins/device-1",
+        Some(json!({"properties": {"desired": {"telemetryDelay": "3"}}})),
+        &[],
+    )
+    .await;
+    let patch = dev.next_publish().await;
+    assert!(
+        patch
+            .topic
+            .starts_with("$iothub/twin/PATCH/properties/desired/"),
+        "{}",
+        patch.topic
+    );
+    // CleanSession=1 throws the saved state away.
+    drop(dev);
+    let clean = Mqtt::connect_opts(
+        server.running.mqtt_addr,
+        &server.ca_pem(),
+        "device-1",
+        HUB_USER,
+        None,
+        identity,
+        true,
+    )
+    .await;
+    assert_eq!(clean.connack.code, ConnectReturnCode::Accepted);
+    assert!(!clean.connack.session_present);
+    drop(clean);
+    let dev = server.mqtt("device-1", HUB_USER, None, identity).await;
+    assert!(!dev.connack.session_present, "the clean session dropped it");
 }

@@ -54,11 +54,16 @@ pub enum Collection {
     /// Cloud-to-device messages awaiting delivery (key: `{hub}/{deviceId}/{order}`; index:
     /// `{hub}/{deviceId}`).
     C2dMessages,
+    /// Hub module identities (key: `{hub}/{deviceId}/{moduleId}`; index: `{hub}/{deviceId}`).
+    Modules,
+    /// Persistent MQTT sessions: the subscriptions of CleanSession=0 clients (key: the
+    /// identity's key; index: hub).
+    Sessions,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::CaCertificates,
         Self::EnrollmentGroups,
         Self::Enrollments,
@@ -66,6 +71,8 @@ impl Collection {
         Self::Devices,
         Self::Twins,
         Self::C2dMessages,
+        Self::Modules,
+        Self::Sessions,
     ];
 
     /// The stable name used in storage.
@@ -79,6 +86,8 @@ impl Collection {
             Self::Devices => "devices",
             Self::Twins => "twins",
             Self::C2dMessages => "c2d_messages",
+            Self::Modules => "modules",
+            Self::Sessions => "sessions",
         }
     }
 }

@@ -58,6 +58,7 @@ const SYSTEM_KEYS: [(&str, &str); 10] = [
 fn telemetry_event(
     hub: &str,
     device_id: &str,
+    module_id: Option<&str>,
     bag: &str,
     p: &Publish,
 ) -> muster_store::events::NewEvent {
@@ -73,6 +74,9 @@ fn telemetry_event(
         ),
         ("iothub-message-source".to_owned(), "Telemetry".to_owned()),
     ];
+    if let Some(m) = module_id {
+        system.push(("iothub-connection-module-id".to_owned(), m.to_owned()));
+    }
     let mut properties = Vec::new();
     for (k, v) in topic::parse_property_bag(bag.trim_end_matches('/')) {
         if k.is_empty() {
@@ -89,7 +93,7 @@ fn telemetry_event(
     muster_store::events::NewEvent {
         hub: hub.to_ascii_lowercase(),
         device_id: device_id.to_owned(),
-        module_id: None,
+        module_id: module_id.map(str::to_owned),
         properties,
         system_properties: system,
         body: p.payload.to_vec(),
@@ -136,6 +140,7 @@ async fn authenticate(
     ctx: &Context,
     device: &Value,
     device_id: &str,
+    module_id: Option<&str>,
     password: Option<&[u8]>,
     chain: &[muster_pki::Certificate],
 ) -> Result<Option<u64>, String> {
@@ -153,9 +158,11 @@ async fn authenticate(
             .split_once('/')
             .ok_or_else(|| format!("token resource '{}' names no device", token.resource()))?;
         let host = strip_port(host);
-        if !ctx.resource_hosts.iter().any(|h| h == host)
-            || rest != format!("devices/{}", device_id.to_ascii_lowercase())
-        {
+        let expected = match module_id {
+            Some(m) => format!("devices/{device_id}/modules/{m}"),
+            None => format!("devices/{device_id}"),
+        };
+        if !ctx.resource_hosts.iter().any(|h| h == host) || rest != expected.to_ascii_lowercase() {
             return Err(format!(
                 "token is for '{}', not this device",
                 token.resource()
@@ -260,23 +267,20 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     };
-    if module.is_some() {
-        return refuse(
-            conn,
-            ConnectReturnCode::NotAuthorized,
-            "module identities are not supported yet",
-        )
-        .await;
-    }
-    if connect.client_id != device_id {
+    // A module's identity is `deviceId/moduleId`, which is also its client id.
+    let identity = match module {
+        Some(m) => muster_hub::modules::module_identity(device_id, m),
+        None => device_id.to_owned(),
+    };
+    if connect.client_id != identity {
         return refuse(
             conn,
             ConnectReturnCode::IdentifierRejected,
-            "the client id is not the device id of the username",
+            "the client id is not the device (or device/module) id of the username",
         )
         .await;
     }
-    tracing::Span::current().record("registration_id", device_id);
+    tracing::Span::current().record("registration_id", identity.as_str());
     let hub = ctx.hub_for_host(strip_port(host));
     let device = match ctx.registry.device_document(&hub, device_id).await {
         Ok(Some(d)) => d,
@@ -291,19 +295,47 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     }
+    let credentials = if module.is_some() {
+        match ctx.registry.device_document(&hub, &identity).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                return refuse(conn, ConnectReturnCode::NotAuthorized, "unknown module").await;
+            }
+            Err(e) => {
+                return refuse(conn, ConnectReturnCode::ServerUnavailable, &e.to_string()).await;
+            }
+        }
+    } else {
+        device
+    };
     let chain = peer.unwrap_or_default();
-    let expiry =
-        match authenticate(ctx, &device, device_id, connect.password.as_deref(), &chain).await {
-            Ok(e) => e,
-            Err(reason) => return refuse(conn, ConnectReturnCode::NotAuthorized, &reason).await,
-        };
+    let expiry = match authenticate(
+        ctx,
+        &credentials,
+        device_id,
+        module,
+        connect.password.as_deref(),
+        &chain,
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(reason) => return refuse(conn, ConnectReturnCode::NotAuthorized, &reason).await,
+    };
 
-    let key = docs::key(&hub, device_id);
+    let key = docs::key(&hub, &identity);
     let saved = if connect.clean_session {
-        ctx.sessions.forget(&key);
+        if let Err(e) = ctx.registry.forget_session(&hub, &identity).await {
+            warn!(error = %e, "cannot drop the saved session");
+        }
         None
     } else {
-        ctx.sessions.saved(&key)
+        match ctx.registry.session(&hub, &identity).await {
+            Ok(s) => s,
+            Err(e) => {
+                return refuse(conn, ConnectReturnCode::ServerUnavailable, &e.to_string()).await;
+            }
+        }
     };
     let mut registration = ctx.sessions.register(&key);
     if conn
@@ -320,14 +352,19 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     info!(hub, session_present = saved.is_some(), "device connected");
     if let Err(e) = ctx
         .registry
-        .record_activity(&hub, device_id, Some(true))
+        .record_activity(&hub, &identity, Some(true))
         .await
     {
         warn!(error = %e, "cannot record the connection state");
     }
     let mut last_activity = std::time::Instant::now();
     let mut subscriptions: BTreeSet<String> = saved.unwrap_or_default().into_iter().collect();
-    let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
+    // Modules receive no cloud-to-device messages (as in IoT Hub).
+    let c2d_filter = if module.is_some() {
+        String::new()
+    } else {
+        format!("devices/{device_id}/messages/devicebound/#")
+    };
     let mut mailbox = Mailbox::default();
     if subscriptions.contains(&c2d_filter)
         && mailbox.deliver(conn, ctx, &hub, device_id).await.is_err()
@@ -386,7 +423,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         .filters
                         .iter()
                         .map(|(f, qos)| {
-                            if allowed_filter(f, device_id) {
+                            if allowed_filter(f, device_id, module) {
                                 subscriptions.insert(f.clone());
                                 SubAckReturnCode::Success((*qos).min(QoS::AtLeastOnce))
                             } else {
@@ -399,8 +436,10 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         })
                         .collect();
                     if !connect.clean_session {
-                        ctx.sessions
-                            .save(&key, subscriptions.iter().cloned().collect());
+                        let subs: Vec<String> = subscriptions.iter().cloned().collect();
+                        if let Err(e) = ctx.registry.save_session(&hub, &identity, &subs).await {
+                            warn!(error = %e, "cannot save the session's subscriptions");
+                        }
                     }
                     let acked = conn
                         .write_packet(&Packet::SubAck(SubAck {
@@ -419,8 +458,10 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         subscriptions.remove(f);
                     }
                     if !connect.clean_session {
-                        ctx.sessions
-                            .save(&key, subscriptions.iter().cloned().collect());
+                        let subs: Vec<String> = subscriptions.iter().cloned().collect();
+                        if let Err(e) = ctx.registry.save_session(&hub, &identity, &subs).await {
+                            warn!(error = %e, "cannot save the session's subscriptions");
+                        }
                     }
                     conn.write_packet(&Packet::UnsubAck(u.packet_id)).await
                 }
@@ -441,11 +482,11 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     // lastActivityTime at most once a minute: not a registry write per message.
                     if last_activity.elapsed() > Duration::from_secs(60) {
                         last_activity = std::time::Instant::now();
-                        if let Err(e) = ctx.registry.record_activity(&hub, device_id, None).await {
+                        if let Err(e) = ctx.registry.record_activity(&hub, &identity, None).await {
                             warn!(error = %e, "cannot record activity");
                         }
                     }
-                    match handle_publish(ctx, &hub, device_id, &p).await {
+                    match handle_publish(ctx, &hub, device_id, module, &p).await {
                         Err(reason) => break reason,
                         Ok(reply) => {
                             let acked = match (p.qos, p.packet_id) {
@@ -479,7 +520,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         debug!("a newer connection owns the device");
     } else if let Err(e) = ctx
         .registry
-        .record_activity(&hub, device_id, Some(false))
+        .record_activity(&hub, &identity, Some(false))
         .await
     {
         warn!(error = %e, "cannot record the connection state");
@@ -561,11 +602,11 @@ enum Event {
     Read(Option<Result<Option<Packet>, ConnectionError>>),
 }
 
-fn allowed_filter(filter: &str, device_id: &str) -> bool {
+fn allowed_filter(filter: &str, device_id: &str, module_id: Option<&str>) -> bool {
     filter == TWIN_RES
         || filter == TWIN_DESIRED
         || filter == METHODS
-        || filter == format!("devices/{device_id}/messages/devicebound/#")
+        || (module_id.is_none() && filter == format!("devices/{device_id}/messages/devicebound/#"))
 }
 
 async fn publish<S: AsyncRead + AsyncWrite + Unpin>(
@@ -598,8 +639,13 @@ async fn handle_publish(
     ctx: &Context,
     hub: &str,
     device_id: &str,
+    module_id: Option<&str>,
     p: &Publish,
 ) -> Result<Option<(String, Vec<u8>)>, &'static str> {
+    let identity = match module_id {
+        Some(m) => muster_hub::modules::module_identity(device_id, m),
+        None => device_id.to_owned(),
+    };
     let (prefix, query) = p.topic.split_once('?').unwrap_or((p.topic.as_str(), ""));
     let props = topic::parse_property_bag(query);
     let rid = props
@@ -608,7 +654,7 @@ async fn handle_publish(
         .map(|(_, v)| muster_auth::sas::percent_encode(v))
         .unwrap_or_default();
     if prefix == TWIN_GET {
-        return Ok(Some(match ctx.registry.device_twin(hub, device_id).await {
+        return Ok(Some(match ctx.registry.device_twin(hub, &identity).await {
             Ok(view) => (
                 format!("$iothub/twin/res/200/?$rid={rid}"),
                 view.to_string().into_bytes(),
@@ -635,7 +681,7 @@ async fn handle_publish(
             }
         };
         return Ok(Some(
-            match ctx.registry.patch_reported(hub, device_id, &patch).await {
+            match ctx.registry.patch_reported(hub, &identity, &patch).await {
                 Ok(version) => (
                     format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"),
                     Vec::new(),
@@ -667,13 +713,16 @@ async fn handle_publish(
             .unwrap_or_default();
         if !ctx
             .sessions
-            .complete_method(&docs::key(hub, device_id), &rid, (status, payload))
+            .complete_method(&docs::key(hub, &identity), &rid, (status, payload))
         {
             debug!(rid, "method response for no waiting call (timed out?)");
         }
         return Ok(None);
     }
-    let events_prefix = format!("devices/{device_id}/messages/events/");
+    let events_prefix = match module_id {
+        Some(m) => format!("devices/{device_id}/modules/{m}/messages/events/"),
+        None => format!("devices/{device_id}/messages/events/"),
+    };
     if let Some(bag) = p.topic.strip_prefix(&events_prefix) {
         if p.payload.len() > MAX_TELEMETRY {
             warn!(
@@ -682,7 +731,7 @@ async fn handle_publish(
             );
             return Err("telemetry message too large");
         }
-        let event = telemetry_event(hub, device_id, bag, p);
+        let event = telemetry_event(hub, device_id, module_id, bag, p);
         return match ctx.events.append(event).await {
             // Acknowledged (by the caller's PUBACK) only now that it is durable.
             Ok(_) => Ok(None),
@@ -719,8 +768,22 @@ mod tests {
         );
         assert_eq!(parse_username("h/?x"), None);
         assert_eq!(strip_port("localhost:18883"), "localhost");
-        assert!(allowed_filter("devices/d1/messages/devicebound/#", "d1"));
-        assert!(!allowed_filter("devices/d2/messages/devicebound/#", "d1"));
-        assert!(!allowed_filter("#", "d1"));
+        assert!(allowed_filter(
+            "devices/d1/messages/devicebound/#",
+            "d1",
+            None
+        ));
+        assert!(!allowed_filter(
+            "devices/d2/messages/devicebound/#",
+            "d1",
+            None
+        ));
+        assert!(!allowed_filter(
+            "devices/d1/messages/devicebound/#",
+            "d1",
+            Some("m1")
+        ));
+        assert!(allowed_filter("$iothub/methods/POST/#", "d1", Some("m1")));
+        assert!(!allowed_filter("#", "d1", None));
     }
 }

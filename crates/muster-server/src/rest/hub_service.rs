@@ -70,6 +70,21 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
         )
         .route("/statistics/devices", get(statistics))
         .route("/twins/{id}/methods", axum::routing::post(invoke_method))
+        .route("/devices/{id}/modules", get(list_modules))
+        .route(
+            "/devices/{id}/modules/{mid}",
+            get(get_module).put(put_module).delete(delete_module),
+        )
+        .route(
+            "/twins/{id}/modules/{mid}",
+            get(get_module_twin)
+                .patch(patch_module_twin)
+                .put(replace_module_twin),
+        )
+        .route(
+            "/twins/{id}/modules/{mid}/methods",
+            axum::routing::post(invoke_module_method),
+        )
         .route(
             "/devices/{id}/messages/devicebound",
             axum::routing::post(send_c2d),
@@ -214,6 +229,84 @@ async fn replace_twin(
     update(&ctx, &hub.0, &id, &headers, &body, true).await
 }
 
+async fn list_modules(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    Ok(Json(ctx.registry.list_modules(&hub.0, &id).await?).into_response())
+}
+
+async fn get_module(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path((id, mid)): Path<(String, String)>,
+) -> ApiResult {
+    Ok(etagged(ctx.registry.get_module(&hub.0, &id, &mid).await?))
+}
+
+async fn put_module(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let body = body_json(&body)?;
+    Ok(etagged(
+        ctx.registry
+            .put_module(&hub.0, &id, &mid, &body, if_match(&headers).as_deref())
+            .await?,
+    ))
+}
+
+async fn delete_module(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    ctx.registry
+        .delete_module(&hub.0, &id, &mid, if_match(&headers).as_deref())
+        .await?;
+    ctx.sessions.kick(&muster_hub::docs::key(
+        &hub.0,
+        &muster_hub::modules::module_identity(&id, &mid),
+    ));
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_module_twin(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path((id, mid)): Path<(String, String)>,
+) -> ApiResult {
+    let identity = muster_hub::modules::module_identity(&id, &mid);
+    Ok(etagged(ctx.registry.get_twin(&hub.0, &identity).await?))
+}
+
+async fn patch_module_twin(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let identity = muster_hub::modules::module_identity(&id, &mid);
+    update(&ctx, &hub.0, &identity, &headers, &body, false).await
+}
+
+async fn replace_module_twin(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let identity = muster_hub::modules::module_identity(&id, &mid);
+    update(&ctx, &hub.0, &identity, &headers, &body, true).await
+}
+
 async fn statistics(State(ctx): Ctx, Extension(hub): Extension<HubName>) -> ApiResult {
     Ok(Json(ctx.registry.statistics(&hub.0).await?).into_response())
 }
@@ -227,7 +320,29 @@ async fn invoke_method(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let body = body_json(&body)?;
+    ctx.registry.get_device(&hub.0, &id).await?;
+    invoke(&ctx, &hub.0, id, &body).await
+}
+
+async fn invoke_module_method(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path((id, mid)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    ctx.registry.get_module(&hub.0, &id, &mid).await?;
+    invoke(
+        &ctx,
+        &hub.0,
+        muster_hub::modules::module_identity(&id, &mid),
+        &body,
+    )
+    .await
+}
+
+/// Call a direct method on a connected device or module (`identity`).
+async fn invoke(ctx: &Context, hub: &str, id: String, body: &[u8]) -> ApiResult {
+    let body = body_json(body)?;
     let name = body
         .get("methodName")
         .and_then(Value::as_str)
@@ -254,8 +369,7 @@ async fn invoke_method(
             "the method payload is larger than 128 KB".into(),
         )));
     }
-    ctx.registry.get_device(&hub.0, &id).await?;
-    let key = muster_hub::docs::key(&hub.0, &id);
+    let key = muster_hub::docs::key(hub, &id);
     if !ctx.sessions.is_connected(&key) {
         return Err(HubApiError(HubError::DeviceNotOnline(id)));
     }

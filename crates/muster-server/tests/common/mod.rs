@@ -317,6 +317,18 @@ impl Mqtt {
         password: Option<&str>,
         identity: Option<(&str, &str)>,
     ) -> Self {
+        Self::connect_opts(addr, ca_pem, client_id, username, password, identity, false).await
+    }
+
+    pub async fn connect_opts(
+        addr: SocketAddr,
+        ca_pem: &[u8],
+        client_id: &str,
+        username: &str,
+        password: Option<&str>,
+        identity: Option<(&str, &str)>,
+        clean_session: bool,
+    ) -> Self {
         let stream = Self::tls(addr, ca_pem, identity).await;
         let mut m = Self {
             stream,
@@ -329,7 +341,7 @@ impl Mqtt {
         m.send(&Packet::Connect(Connect {
             protocol_level: 4,
             client_id: client_id.to_owned(),
-            clean_session: false,
+            clean_session,
             keep_alive: 60,
             username: Some(username.to_owned()),
             password: password.map(|p| p.as_bytes().to_vec()),
