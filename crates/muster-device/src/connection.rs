@@ -1,0 +1,124 @@
+//! One MQTT-over-TLS connection to a DPS or hub endpoint: owns the TLS stream and a persistent
+//! read buffer, reads and writes whole packets. Reading is cancel-safe (partial packets stay in
+//! the buffer), so a connection task can `select!` between the socket and its other inputs.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use muster_mqtt::{ConnAck, Connect, ConnectReturnCode, Packet};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::Error;
+
+/// Largest packet accepted from the server: C2D messages are at most 64 KB and twins 2×32 KB,
+/// so this leaves ample room while bounding what a broken server can make us buffer.
+const MAX_PACKET: usize = 1 << 20;
+
+/// Where to connect and how to secure it.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: Arc<ClientConfig>,
+}
+
+impl Endpoint {
+    /// TCP connect (every address the name resolves to, in turn) and TLS handshake.
+    async fn open_tls(&self) -> Result<TlsStream<TcpStream>, Error> {
+        let server_name = ServerName::try_from(self.host.clone()).map_err(|e| {
+            Error::InvalidOptions(format!("'{}' is not a valid host name: {e}", self.host))
+        })?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|source| Error::Connect {
+                addr: format!("{}:{}", self.host, self.port),
+                source,
+            })?;
+        // Small request/response packets: do not wait to coalesce them.
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(Arc::clone(&self.tls))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| Error::Tls {
+                host: self.host.clone(),
+                source,
+            })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Connection {
+    stream: TlsStream<TcpStream>,
+    read: BytesMut,
+    write: BytesMut,
+}
+
+impl Connection {
+    /// Connect, send `connect` and wait for the CONNACK. A refusal is [`Error::Refused`].
+    pub(crate) async fn open(
+        endpoint: &Endpoint,
+        connect: Connect,
+    ) -> Result<(Self, ConnAck), Error> {
+        let stream = endpoint.open_tls().await?;
+        let mut conn = Self {
+            stream,
+            read: BytesMut::with_capacity(4096),
+            write: BytesMut::with_capacity(1024),
+        };
+        conn.write_packet(&Packet::Connect(connect)).await?;
+        match conn.read_packet().await? {
+            Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Accepted => {
+                Ok((conn, ack))
+            }
+            Some(Packet::ConnAck(ack)) => Err(Error::Refused { code: ack.code }),
+            Some(other) => Err(Error::Protocol(format!(
+                "the server answered CONNECT with {} instead of CONNACK",
+                other.name()
+            ))),
+            None => Err(Error::Protocol(
+                "the server closed the connection before CONNACK".to_owned(),
+            )),
+        }
+    }
+
+    /// The next packet; `Ok(None)` when the server closed the connection between packets.
+    pub(crate) async fn read_packet(&mut self) -> Result<Option<Packet>, Error> {
+        loop {
+            if let Some(packet) = muster_mqtt::decode(&mut self.read, MAX_PACKET)
+                .map_err(|e| Error::Protocol(e.to_string()))?
+            {
+                return Ok(Some(packet));
+            }
+            if self.stream.read_buf(&mut self.read).await? == 0 {
+                return if self.read.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::Protocol(
+                        "the server closed the connection in the middle of a packet".to_owned(),
+                    ))
+                };
+            }
+        }
+    }
+
+    /// Write one packet and flush.
+    pub(crate) async fn write_packet(&mut self, packet: &Packet) -> Result<(), Error> {
+        self.write.clear();
+        muster_mqtt::encode(packet, &mut self.write)
+            .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", packet.name())))?;
+        self.stream.write_all(&self.write).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Send DISCONNECT (best effort) and close the TLS session.
+    pub(crate) async fn disconnect(mut self) {
+        let _ = self.write_packet(&Packet::Disconnect).await;
+        let _ = self.stream.shutdown().await;
+    }
+}
