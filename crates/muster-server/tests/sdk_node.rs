@@ -31,6 +31,10 @@ fn harness() -> Option<String> {
     match std::env::var("MUSTER_SDK_NODE") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
+            assert!(
+                std::env::var_os("MUSTER_SDK_REQUIRE_NODE").is_none(),
+                "MUSTER_SDK_REQUIRE_NODE is set but MUSTER_SDK_NODE is not"
+            );
             eprintln!(
                 "SKIPPED: set MUSTER_SDK_NODE to tests/sdk/node after running its setup.sh (.ci/run does)"
             );

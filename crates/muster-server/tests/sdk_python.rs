@@ -31,6 +31,10 @@ fn python() -> Option<String> {
     match std::env::var("MUSTER_SDK_PYTHON") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
+            assert!(
+                std::env::var_os("MUSTER_SDK_REQUIRE_PYTHON").is_none(),
+                "MUSTER_SDK_REQUIRE_PYTHON is set but MUSTER_SDK_PYTHON is not"
+            );
             eprintln!(
                 "SKIPPED: set MUSTER_SDK_PYTHON to a python with azure-iot-device (tests/sdk/setup.sh prints it; .ci/run sets it)"
             );
@@ -598,4 +602,386 @@ async fn python_device_sdk_follows_its_twin_on_the_hub() {
         event["systemProperties"]["content-type"],
         "application/json"
     );
+}
+
+/// `hub_device_flows.py` running in the background: its stderr is read line by line (markers and
+/// SDK logs), its stdin is the offline gate. Killed on drop so a failing test leaves nothing.
+struct FlowsDevice {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl FlowsDevice {
+    fn spawn(python: &str, args: &[String]) -> Self {
+        use std::io::BufRead as _;
+        use std::process::Stdio;
+        let mut child = Command::new(python)
+            .arg(sdk_script("hub_device_flows.py"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+                drop(l);
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait for a marker line on the driver's stderr.
+    async fn wait_for(&mut self, marker: &str) {
+        let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(line) = self.lines.recv().await {
+                if line.trim() == marker {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !found {
+            let _ = self.child.kill();
+            let out = self
+                .child
+                .stdout
+                .take()
+                .map(|mut s| {
+                    let mut text = String::new();
+                    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+                    text
+                })
+                .unwrap_or_default();
+            panic!(
+                "the device never printed {marker}\nstdout: {out}\nstderr:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    fn send_line(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Wait for the driver to exit; its one JSON line and its stderr.
+    async fn finish(mut self) -> (Value, String) {
+        drop(self.stdin.take());
+        let mut stdout = self.child.stdout.take().unwrap();
+        let text = tokio::task::spawn_blocking(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+            text
+        })
+        .await
+        .unwrap();
+        let log = self.log();
+        let result = serde_json::from_str(text.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("harness output: {text}\nstderr:\n{log}"));
+        (result, log)
+    }
+}
+
+impl Drop for FlowsDevice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn send_c2d(rest: &common::Rest, device_id: &str, body: &str, headers: &[(&str, &str)]) {
+    let mut req = rest
+        .client
+        .post(format!(
+            "{}/devices/{device_id}/messages/devicebound?api-version=2021-04-12",
+            rest.base
+        ))
+        .header("authorization", rest.token())
+        .body(body.to_owned());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(status, 204, "C2D send: {}", resp.text().await.unwrap());
+}
+
+async fn invoke(
+    rest: &common::Rest,
+    device_id: &str,
+    method: &str,
+    payload: Value,
+) -> (u16, Value) {
+    let (status, headers, body) = rest
+        .send(
+            Method::POST,
+            &format!("/twins/{device_id}/methods"),
+            Some(json!({"methodName": method, "payload": payload, "responseTimeoutInSeconds": 15})),
+            &[],
+        )
+        .await;
+    let code = headers
+        .get("iothub-errorcode")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        status,
+        code.map_or(body.clone(), |c| json!({"errorCode": c, "body": body})),
+    )
+}
+
+/// Drive `hub_device_flows.py` (its auth arguments in `auth`) through C2D and methods, a
+/// disconnect with one C2D queued while offline, a reconnect, and C2D and a method again.
+async fn device_flows_with_a_reconnect(
+    py: &str,
+    rest: &common::Rest,
+    device_id: &str,
+    auth: Vec<String>,
+    expected_auth: &str,
+) {
+    let mut args = auth;
+    args.extend(
+        [
+            "--expect",
+            "1,1,2,1",
+            "--offline-gate",
+            "--wait",
+            "30",
+            "--timeout",
+            "150",
+        ]
+        .map(str::to_owned),
+    );
+    let mut device = FlowsDevice::spawn(py, &args);
+    device.wait_for("ready-1").await;
+
+    // Phase 1: a C2D message with system and application properties, then a method call.
+    send_c2d(
+        rest,
+        device_id,
+        "hello 1",
+        &[
+            ("iothub-messageid", "c2d-1"),
+            ("iothub-correlationid", "corr-1"),
+            ("iothub-app-priority", "high"),
+            ("iothub-app-note", "a b/c+d&e=f"),
+        ],
+    )
+    .await;
+    let (status, reply) = invoke(rest, device_id, "reboot", json!({"delay": 1})).await;
+    assert_eq!(status, 200, "{reply}\n{}", device.log());
+    assert_eq!(
+        reply,
+        json!({"status": 200, "payload": {"phase": 1, "method": "reboot", "echo": {"delay": 1}}})
+    );
+
+    // The device disconnects (MQTT DISCONNECT). Once the hub shows it offline, a method call
+    // fails with DeviceNotOnline and a C2D message waits in the queue.
+    device.wait_for("offline").await;
+    let mut offline = false;
+    for _ in 0..100 {
+        let d = rest
+            .ok(Method::GET, &format!("/devices/{device_id}"), None, &[])
+            .await;
+        if d["connectionState"] == "Disconnected" {
+            offline = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(offline, "the hub still shows the device connected");
+    let (status, reply) = invoke(rest, device_id, "reboot", json!({})).await;
+    assert_eq!(status, 404, "{reply}");
+    assert_eq!(reply["errorCode"], "DeviceNotOnline", "{reply}");
+    send_c2d(
+        rest,
+        device_id,
+        "queued while offline",
+        &[
+            ("iothub-messageid", "c2d-2"),
+            ("iothub-ack", "full"),
+            ("iothub-app-phase", "offline"),
+        ],
+    )
+    .await;
+
+    // Reconnect: CleanSession=0 and the SDK does not subscribe again, so everything below
+    // arrives through the subscriptions the hub kept for the session.
+    device.send_line("reconnect");
+    device.wait_for("ready-2").await;
+    send_c2d(
+        rest,
+        device_id,
+        "hello 3",
+        &[
+            ("iothub-messageid", "c2d-3"),
+            ("iothub-correlationid", "corr-3"),
+        ],
+    )
+    .await;
+    let (status, reply) = invoke(rest, device_id, "getStatus", json!({"n": 2})).await;
+    assert_eq!(status, 200, "{reply}\n{}", device.log());
+    assert_eq!(
+        reply,
+        json!({"status": 200, "payload": {"phase": 2, "method": "getStatus", "echo": {"n": 2}}})
+    );
+
+    let (result, log) = device.finish().await;
+    assert_eq!(result["ok"], true, "{result}\nstderr:\n{log}");
+    assert_eq!(result["auth"], expected_auth);
+    assert_eq!(result["gate"], "reconnect");
+    assert_eq!(
+        result["messages"],
+        json!([
+            {"phase": 1, "data": "hello 1", "messageId": "c2d-1", "correlationId": "corr-1",
+             "customProperties": {"priority": "high", "note": "a b/c+d&e=f"},
+             "contentType": null, "contentEncoding": null, "ack": null},
+            {"phase": 2, "data": "queued while offline", "messageId": "c2d-2",
+             "correlationId": null, "customProperties": {"phase": "offline"},
+             "contentType": null, "contentEncoding": null, "ack": "full"},
+            {"phase": 2, "data": "hello 3", "messageId": "c2d-3", "correlationId": "corr-3",
+             "customProperties": {}, "contentType": null, "contentEncoding": null, "ack": null},
+        ]),
+        "{result}"
+    );
+    let methods = result["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2, "{result}");
+    for (m, (phase, name, payload)) in methods.iter().zip([
+        (1, "reboot", json!({"delay": 1})),
+        (2, "getStatus", json!({"n": 2})),
+    ]) {
+        assert_eq!(m["phase"], phase, "{result}");
+        assert_eq!(m["name"], name);
+        assert_eq!(m["payload"], payload);
+        assert!(
+            m["requestId"].as_str().is_some_and(|r| !r.is_empty()),
+            "{result}"
+        );
+    }
+    assert_ne!(methods[0]["requestId"], methods[1]["requestId"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_device_sdk_receives_c2d_and_methods_across_a_reconnect_with_x509() {
+    let Some(py) = python() else { return };
+    let server = server_on(16).await;
+    let host = "127.0.0.16";
+    // A genuinely self-signed device certificate, registered by its thumbprint.
+    let cert = muster_test_support::TestCa::self_signed(&muster_test_support::Spec::new(
+        "py-flows-x509",
+        muster_test_support::Kind::Client,
+    ))
+    .cert;
+    let thumbprint = muster_pki::read_certificate(cert.pem.as_bytes())
+        .unwrap()
+        .sha1_thumbprint();
+    let hub_cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rest = common::Rest::new(&hub_cs, &server.ca_pem(), server.running.https_addr);
+    let created = rest
+        .ok(
+            Method::PUT,
+            "/devices/py-flows-x509",
+            Some(json!({
+                "deviceId": "py-flows-x509",
+                "authentication": {"type": "selfSigned",
+                    "x509Thumbprint": {"primaryThumbprint": thumbprint, "secondaryThumbprint": null}},
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(created["authentication"]["type"], "selfSigned");
+    let dir = server.dir.path().to_path_buf();
+    let cert_path = write(&dir, "py-flows-x509.pem", &cert.pem);
+    let key_path = write(&dir, "py-flows-x509.key.pem", &cert.key_pem);
+    let trust = server.data_dir().join("tls/ca.pem").display().to_string();
+    let auth = [
+        "--host",
+        host,
+        "--device-id",
+        "py-flows-x509",
+        "--cert",
+        cert_path.as_str(),
+        "--key",
+        key_path.as_str(),
+        "--trust",
+        trust.as_str(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    device_flows_with_a_reconnect(&py, &rest, "py-flows-x509", auth, "x509").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_device_sdk_receives_c2d_and_methods_across_a_reconnect_with_sas() {
+    let Some(py) = python() else { return };
+    let server = server_on(17).await;
+    let hub_cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rest = common::Rest::new(&hub_cs, &server.ca_pem(), server.running.https_addr);
+    // base64 of "0123456789abcdef0123456789abcdef" and of "fedcba9876543210fedcba9876543210".
+    let primary = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let secondary = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    let created = rest
+        .ok(
+            Method::PUT,
+            "/devices/py-flows-sas",
+            Some(json!({
+                "deviceId": "py-flows-sas",
+                "authentication": {"type": "sas",
+                    "symmetricKey": {"primaryKey": primary, "secondaryKey": secondary}},
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(created["authentication"]["type"], "sas");
+    assert_eq!(
+        created["authentication"]["symmetricKey"]["primaryKey"],
+        primary
+    );
+    let trust = server.data_dir().join("tls/ca.pem").display().to_string();
+    // The server listens on 127.0.0.17 (its certificate carries that address); the SDK signs
+    // its token for that host name.
+    let device_cs = format!("HostName=127.0.0.17;DeviceId=py-flows-sas;SharedAccessKey={primary}");
+    let auth = [
+        "--connection-string",
+        device_cs.as_str(),
+        "--trust",
+        trust.as_str(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    device_flows_with_a_reconnect(&py, &rest, "py-flows-sas", auth, "sas").await;
 }
