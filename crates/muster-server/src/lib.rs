@@ -28,6 +28,9 @@ mod sessions;
 pub mod tls;
 mod webhook;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -162,9 +165,10 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
 ///
 /// # Errors
 /// [`ServerError`] with the failing file, port or setting.
-pub async fn start(config: Config) -> Result<Running, ServerError> {
+/// Prepare the data directory and build the shared context (no sockets yet).
+fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), ServerError> {
     config.check()?;
-    let (paths, state) = bootstrap::prepare(&config)?;
+    let (paths, state) = bootstrap::prepare(config)?;
     let store: Arc<dyn muster_store::Store> = Arc::new(SqliteStore::open(&paths.database())?);
     let registry = muster_hub::registry::Registry::new(Arc::clone(&store));
     let events: Arc<dyn muster_store::events::EventLog> =
@@ -194,7 +198,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         },
     )
     .with_allocator(Arc::new(allocator));
-    let mut resource_hosts: Vec<String> = bootstrap::server_names(&config)
+    let mut resource_hosts: Vec<String> = bootstrap::server_names(config)
         .iter()
         .map(|h| h.to_ascii_lowercase())
         .collect();
@@ -214,6 +218,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         resource_hosts,
     });
 
+    Ok((ctx, paths, state))
+}
+
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let (ctx, paths, state) = build_context(&config)?;
     let chain = read(&paths.server())?;
     let key = read(&paths.server_key())?;
     let mqtt_tls = TlsAcceptor::from(tls::server_config(&chain, &key, false)?);

@@ -12,6 +12,7 @@ mod hub;
 use std::sync::Arc;
 
 use muster_mqtt::Packet;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -76,21 +77,44 @@ async fn handle(
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
         let peer = crate::tls::peer_chain(tls.get_ref().1.peer_certificates());
-        let mut conn = Connection::new(tls, ctx.limits.max_packet_size);
-        match conn.read_packet().await {
-            Ok(Some(Packet::Connect(c))) => Ok((conn, c, peer)),
-            Ok(Some(other)) => Err(format!(
-                "first packet was {} instead of CONNECT",
-                other.name()
-            )),
-            Ok(None) => Err("closed before CONNECT".to_owned()),
-            Err(e) => Err(format!("bad CONNECT: {e}")),
-        }
+        Ok::<_, String>((tls, peer))
     };
-    let (mut conn, connect, peer) = match tokio::time::timeout(deadline, setup).await {
+    let (stream, peer) = match tokio::time::timeout(deadline, setup).await {
         Ok(Ok(x)) => x,
         Ok(Err(reason)) => {
             debug!(reason, "connection dropped during setup");
+            return;
+        }
+        Err(_) => {
+            debug!("connection timed out before the TLS handshake completed");
+            return;
+        }
+    };
+    session(stream, peer, ctx, shutdown).await;
+}
+
+/// One MQTT connection after TLS: CONNECT (within the connect deadline), then a DPS or hub
+/// session chosen by the username.
+pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: Result<Vec<muster_pki::Certificate>, String>,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+) {
+    let mut conn = Connection::new(stream, ctx.limits.max_packet_size);
+    let first = tokio::time::timeout(ctx.limits.connect_timeout, conn.read_packet()).await;
+    let connect = match first {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(other))) => {
+            debug!(packet = other.name(), "first packet was not CONNECT");
+            return;
+        }
+        Ok(Ok(None)) => {
+            debug!("closed before CONNECT");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "bad CONNECT");
             return;
         }
         Err(_) => {

@@ -1,0 +1,15 @@
+//! Arbitrary packet sequences against a real MQTT session (DPS or hub, before or after a valid
+//! CONNECT): the server must answer, refuse or close — never panic, hang or keep running after
+//! its input ends.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use muster_server::fuzzing::Harness;
+
+static HARNESS: OnceLock<Harness> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    HARNESS.get_or_init(Harness::new).run(data);
+});
