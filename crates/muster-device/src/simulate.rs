@@ -311,6 +311,21 @@ pub async fn run(
     hub.port = options.hub_port;
     hub.trust = dps.trust.clone();
     let (client, mut events) = HubClient::connect(hub).await?;
+    // The client announces its first connection as an event; show it now, in order.
+    let mut early = None;
+    let session_present = match events.try_recv() {
+        Ok(HubEvent::Connected { session_present }) => session_present,
+        Ok(other) => {
+            early = Some(other);
+            false
+        }
+        Err(_) => false,
+    };
+    on_event(SimEvent::Connected {
+        hub: registration.assigned_hub.clone(),
+        device_id: registration.device_id.clone(),
+        session_present,
+    });
     let seed = options.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -351,7 +366,12 @@ pub async fn run(
                 last_sent = Some(Instant::now());
                 device.send(&mut on_event).await;
             }
-            event = events.recv() => match event {
+            event = async {
+                match early.take() {
+                    Some(e) => Some(e),
+                    None => events.recv().await,
+                }
+            } => match event {
                 None => return Err(Error::Closed),
                 Some(HubEvent::Refused { code }) => {
                     // The lab's last step: a deleted or disabled device is refused for good.

@@ -545,7 +545,7 @@ fn password_from_env(var: &str) -> Result<String> {
     }
 }
 
-fn day(t: OffsetDateTime) -> String {
+pub(crate) fn day(t: OffsetDateTime) -> String {
     t.format(format_description!(
         "[year]-[month]-[day] [hour]:[minute] UTC"
     ))

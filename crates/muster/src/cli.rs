@@ -57,6 +57,68 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: DpsCommand,
     },
+    /// Run devices: the lab's simulated device.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeviceCommand {
+    /// The DPS lab's simulated device: provision, connect to the assigned hub, follow the
+    /// `telemetryDelay` desired property and send sensor readings until Ctrl-C.
+    Simulate(SimulateArgs),
+}
+
+/// DPS transport for `device simulate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    /// MQTT over TLS (port 8883).
+    Mqtt,
+    /// HTTPS (port 443 unless `--port` says otherwise; muster serves it on 8443 by default).
+    Https,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// The provisioning service's host name, optionally with `:port`.
+    #[arg(long)]
+    pub(crate) provisioning_host: String,
+    /// The provisioning service's ID scope (`muster info` prints it).
+    #[arg(long)]
+    pub(crate) id_scope: String,
+    /// The device certificate: PEM (leaf first, then its chain; may hold the key too) or a
+    /// PKCS#12 file (`.pfx`/`.p12`).
+    #[arg(long, conflicts_with_all = ["symmetric_key_env", "group_key_env"])]
+    pub(crate) cert: Option<PathBuf>,
+    /// The private key in PEM, when it is not in the certificate file.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+    /// Environment variable holding the PKCS#12 password.
+    #[arg(long, requires = "cert")]
+    pub(crate) cert_password_env: Option<String>,
+    /// Environment variable holding the device's symmetric key (individual enrollment).
+    #[arg(long, requires = "registration_id", conflicts_with = "group_key_env")]
+    pub(crate) symmetric_key_env: Option<String>,
+    /// Environment variable holding a symmetric-key enrollment group's key; the device key is
+    /// derived from it and the registration id.
+    #[arg(long, requires = "registration_id")]
+    pub(crate) group_key_env: Option<String>,
+    /// The registration id of a symmetric-key device.
+    #[arg(long)]
+    pub(crate) registration_id: Option<String>,
+    /// The CA certificate the servers' certificates chain to (muster: DATA_DIR/tls/ca.pem).
+    /// Without it the public web roots are used.
+    #[arg(long)]
+    pub(crate) trust: Option<PathBuf>,
+    /// How to reach the provisioning service (the hub is always MQTT).
+    #[arg(long, value_enum, default_value_t = TransportArg::Mqtt)]
+    pub(crate) transport: TransportArg,
+    /// The hub's MQTT port (default: the provisioning port with MQTT, else 8883).
+    #[arg(long)]
+    pub(crate) hub_port: Option<u16>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub(crate) duration: Option<u64>,
 }
 
 /// Which CA of the directory signs.

@@ -10,6 +10,7 @@
 //! - `api`: the REST client (connection string → SAS per request, data-dir trust root).
 //! - `dps`: `muster dps …` management commands.
 //! - `hub`: `muster hub …` device identities and twins.
+//! - `device`: `muster device simulate`, the lab's device (over `muster-device`).
 
 #![allow(
     clippy::print_stdout,
@@ -20,6 +21,7 @@
 mod api;
 mod certs;
 mod cli;
+mod device;
 mod dps;
 mod files;
 mod hub;
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         }
         cli::Command::Dps { api, command } => dps::run(&api, command, cli.output),
         cli::Command::Hub { api, command } => hub::run(&api, command, cli.output),
+        cli::Command::Device(command) => device::run(command, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
