@@ -1,8 +1,9 @@
 //! Connected hub devices: who holds each device's connection and how to reach it. (The
 //! subscriptions of CleanSession=0 sessions are durable, in the registry.)
 //!
-//! Ownership: the map is touched only when a device connects or disconnects and when a service
-//! needs to reach one device (a desired patch, a kick) — never per telemetry message. Each
+//! Ownership: the map, sharded by device, is touched only when a device connects or
+//! disconnects and when a service needs to reach one device (a desired patch, a kick) — never
+//! per telemetry message. Each
 //! session owns its socket; others reach it through a bounded channel, so a slow device cannot
 //! stall a service call (a full channel drops the notification; the device re-reads its twin
 //! on reconnect).
@@ -45,9 +46,13 @@ pub(crate) struct Registration {
 /// A direct method's answer: the device's status and JSON payload.
 pub(crate) type MethodReply = (u16, serde_json::Value);
 
-#[derive(Debug, Default)]
+/// Shards of the live map: connects, disconnects and service calls for different devices
+/// rarely contend for the same lock.
+const SHARDS: usize = 32;
+
+#[derive(Debug)]
 pub(crate) struct Sessions {
-    live: Mutex<HashMap<String, Entry>>,
+    live: [Mutex<HashMap<String, Entry>>; SHARDS],
     /// Direct-method calls awaiting the device's response, by `{session key}/{rid}`.
     methods: Mutex<HashMap<String, tokio::sync::oneshot::Sender<MethodReply>>>,
     next: std::sync::atomic::AtomicU64,
@@ -55,13 +60,34 @@ pub(crate) struct Sessions {
 
 const QUEUE: usize = 64;
 
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            methods: Mutex::default(),
+            next: std::sync::atomic::AtomicU64::default(),
+        }
+    }
+}
+
 impl Sessions {
+    /// The shard holding `key`.
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Entry>> {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        let Some(shard) = self.live.get(index) else {
+            unreachable!("an index modulo SHARDS is in range")
+        };
+        shard
+    }
+
     /// Take over `key`: a previous connection of the same device is closed.
     pub(crate) fn register(&self, key: &str) -> Registration {
         let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(QUEUE);
         let kicked = CancellationToken::new();
-        if let Ok(mut live) = self.live.lock()
+        if let Ok(mut live) = self.shard(key).lock()
             && let Some(old) = live.insert(
                 key.to_owned(),
                 Entry {
@@ -82,7 +108,7 @@ impl Sessions {
 
     /// Forget `key` if `generation` still owns it.
     pub(crate) fn unregister(&self, key: &str, generation: u64) {
-        if let Ok(mut live) = self.live.lock()
+        if let Ok(mut live) = self.shard(key).lock()
             && live.get(key).is_some_and(|e| e.generation == generation)
         {
             live.remove(key);
@@ -92,7 +118,7 @@ impl Sessions {
     /// Queue a message for a connected device; `false` when it is not connected or its queue is
     /// full.
     pub(crate) fn send(&self, key: &str, message: Outbound) -> bool {
-        let tx = match self.live.lock() {
+        let tx = match self.shard(key).lock() {
             Ok(live) => live.get(key).map(|e| e.tx.clone()),
             Err(_) => None,
         };
@@ -101,7 +127,7 @@ impl Sessions {
 
     /// Whether a device is connected.
     pub(crate) fn is_connected(&self, key: &str) -> bool {
-        self.live.lock().is_ok_and(|l| l.contains_key(key))
+        self.shard(key).lock().is_ok_and(|l| l.contains_key(key))
     }
 
     /// Register a pending method call; the receiver gets the device's response.
@@ -136,7 +162,7 @@ impl Sessions {
 
     /// Close the device's connection (deleted or disabled).
     pub(crate) fn kick(&self, key: &str) {
-        if let Ok(mut live) = self.live.lock()
+        if let Ok(mut live) = self.shard(key).lock()
             && let Some(e) = live.remove(key)
         {
             e.kick.cancel();
