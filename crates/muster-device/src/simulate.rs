@@ -138,6 +138,14 @@ pub enum SimEvent {
         /// Why.
         reason: String,
     },
+    /// A reported-properties patch failed (the hub is unreachable); the next change tries
+    /// again.
+    ReportFailed {
+        /// The patch.
+        patch: Value,
+        /// Why.
+        reason: String,
+    },
     /// A cloud-to-device message arrived.
     #[serde(rename_all = "camelCase")]
     MessageReceived {
@@ -311,155 +319,151 @@ pub async fn run(
     hub.port = options.hub_port;
     hub.trust = dps.trust.clone();
     let (client, mut events) = HubClient::connect(hub).await?;
-    // The client announces its first connection as an event; show it now, in order.
-    let mut early = None;
-    let session_present = match events.try_recv() {
-        Ok(HubEvent::Connected { session_present }) => session_present,
-        Ok(other) => {
-            early = Some(other);
-            false
-        }
-        Err(_) => false,
-    };
     on_event(SimEvent::Connected {
         hub: registration.assigned_hub.clone(),
         device_id: registration.device_id.clone(),
-        session_present,
+        session_present: false,
     });
+    // The client also announces that first connection as an event; it was shown above.
+    let mut first_connected_seen = false;
     let seed = options.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
     });
-    let mut device = Lab {
-        client,
-        sensor: Sensor::new(seed),
-        delay: DEFAULT_TELEMETRY_DELAY,
-    };
-    let twin = device.client.get_twin().await?;
+    let mut sensor = Sensor::new(seed);
+    let mut delay = DEFAULT_TELEMETRY_DELAY;
+    let twin = client.get_twin().await?;
     if let Some(v) = twin.desired.get("telemetryDelay") {
         match parse_delay(v) {
-            Ok(d) => device.delay = d,
+            Ok(d) => delay = d,
             Err(reason) => on_event(SimEvent::DelayRejected {
                 version: twin.desired_version(),
                 value: v.clone(),
                 reason,
-                telemetry_delay: device.delay,
+                telemetry_delay: delay,
             }),
         }
     }
     on_event(SimEvent::TwinLoaded {
         desired: twin.desired.clone(),
         reported: twin.reported.clone(),
-        telemetry_delay: device.delay,
+        telemetry_delay: delay,
     });
-    device.report(&mut on_event).await?;
+    let patch = json!({"telemetryDelay": delay_json(delay)});
+    let version = client.patch_reported(&patch).await?;
+    on_event(SimEvent::Reported { patch, version });
 
+    // Sends and reports run beside the loop, which stays free to see a refusal or a stop
+    // while the hub is unreachable; their outcomes come back here.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<SimEvent>();
+    let mut sending = false;
     tokio::pin!(stop);
     let mut last_sent: Option<Instant> = None;
-    loop {
-        let next =
-            last_sent.map_or_else(Instant::now, |t| t + Duration::from_secs_f64(device.delay));
+    let result = loop {
+        let next = last_sent.map_or_else(Instant::now, |t| t + Duration::from_secs_f64(delay));
         tokio::select! {
-            () = &mut stop => break,
+            () = &mut stop => break Ok(registration),
             () = tokio::time::sleep_until(next) => {
                 last_sent = Some(Instant::now());
-                device.send(&mut on_event).await;
-            }
-            event = async {
-                match early.take() {
-                    Some(e) => Some(e),
-                    None => events.recv().await,
+                if sending {
+                    on_event(SimEvent::SendFailed {
+                        reason: "skipped: the previous message is not acknowledged yet (the hub is unreachable)".to_owned(),
+                    });
+                    continue;
                 }
-            } => match event {
-                None => return Err(Error::Closed),
+                sending = true;
+                let (body, alert) = sensor.reading();
+                let timestamp = rfc3339_now();
+                let message = Message::json(&body)
+                    .with_property("temperatureAlert", if alert { "true" } else { "false" });
+                let (client, done) = (client.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let event = match client.send_telemetry(message).await {
+                        Ok(()) => SimEvent::TelemetrySent { timestamp, body, temperature_alert: alert },
+                        Err(e) => SimEvent::SendFailed { reason: e.to_string() },
+                    };
+                    let _ = done.send(event);
+                });
+            }
+            Some(event) = done_rx.recv() => {
+                if matches!(event, SimEvent::TelemetrySent { .. } | SimEvent::SendFailed { .. }) {
+                    sending = false;
+                }
+                on_event(event);
+            }
+            event = events.recv() => match event {
+                None => break Err(Error::Closed),
                 Some(HubEvent::Refused { code }) => {
                     // The lab's last step: a deleted or disabled device is refused for good.
-                    let _ = device.client.close().await;
-                    return Err(Error::Refused { code });
+                    break Err(Error::Refused { code });
                 }
                 Some(HubEvent::DesiredPatch(patch)) => {
                     if let Some(v) = patch.get("telemetryDelay") {
                         let version = patch.get("$version").and_then(Value::as_u64);
                         match parse_delay(v) {
                             Ok(d) => {
-                                device.delay = d;
+                                delay = d;
                                 on_event(SimEvent::DelayChanged {
                                     version,
                                     value: v.clone(),
                                     telemetry_delay: d,
                                 });
-                                device.report(&mut on_event).await?;
+                                let patch = json!({"telemetryDelay": delay_json(d)});
+                                let (client, done) = (client.clone(), done_tx.clone());
+                                tokio::spawn(async move {
+                                    let event = match client.patch_reported(&patch).await {
+                                        Ok(version) => SimEvent::Reported { patch, version },
+                                        Err(e) => SimEvent::ReportFailed { patch, reason: e.to_string() },
+                                    };
+                                    let _ = done.send(event);
+                                });
                             }
                             Err(reason) => on_event(SimEvent::DelayRejected {
                                 version,
                                 value: v.clone(),
                                 reason,
-                                telemetry_delay: device.delay,
+                                telemetry_delay: delay,
                             }),
                         }
                     }
                 }
                 Some(HubEvent::MethodCall { name, rid, .. }) => {
                     on_event(SimEvent::MethodCalled { name: name.clone() });
-                    let _ = device
-                        .client
-                        .respond_method(
-                            &rid,
-                            501,
-                            &json!({"message": format!("the lab device implements no method '{name}'")}),
-                        )
-                        .await;
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let _ = client
+                            .respond_method(
+                                &rid,
+                                501,
+                                &json!({"message": format!("the lab device implements no method '{name}'")}),
+                            )
+                            .await;
+                    });
                 }
                 Some(HubEvent::C2d(m)) => on_event(SimEvent::MessageReceived {
                     body: String::from_utf8_lossy(&m.body).into_owned(),
                     properties: m.properties.clone(),
                 }),
-                Some(HubEvent::Connected { session_present }) => on_event(SimEvent::Connected {
-                    hub: registration.assigned_hub.clone(),
-                    device_id: registration.device_id.clone(),
-                    session_present,
-                }),
+                Some(HubEvent::Connected { session_present }) => {
+                    if first_connected_seen {
+                        on_event(SimEvent::Connected {
+                            hub: registration.assigned_hub.clone(),
+                            device_id: registration.device_id.clone(),
+                            session_present,
+                        });
+                    }
+                    first_connected_seen = true;
+                }
                 Some(HubEvent::Disconnected { reason }) => {
                     on_event(SimEvent::Disconnected { reason });
                 }
             },
         }
-    }
-    let _ = device.client.close().await;
-    Ok(registration)
-}
-
-struct Lab {
-    client: HubClient,
-    sensor: Sensor,
-    delay: f64,
-}
-
-impl Lab {
-    async fn report(&self, on_event: &mut (impl FnMut(SimEvent) + Send)) -> Result<(), Error> {
-        let patch = json!({"telemetryDelay": delay_json(self.delay)});
-        let version = self.client.patch_reported(&patch).await?;
-        on_event(SimEvent::Reported { patch, version });
-        Ok(())
-    }
-
-    async fn send(&mut self, on_event: &mut (impl FnMut(SimEvent) + Send)) {
-        let (body, alert) = self.sensor.reading();
-        let timestamp = rfc3339_now();
-        let message = Message::json(&body)
-            .with_property("temperatureAlert", if alert { "true" } else { "false" });
-        match self.client.send_telemetry(message).await {
-            Ok(()) => on_event(SimEvent::TelemetrySent {
-                timestamp,
-                body,
-                temperature_alert: alert,
-            }),
-            Err(e) => on_event(SimEvent::SendFailed {
-                reason: e.to_string(),
-            }),
-        }
-    }
+    };
+    // Stopping (Ctrl-C, or a refusal) does not wait for a hub that may not answer.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
+    result
 }
 
 #[cfg(test)]

@@ -321,7 +321,7 @@ fn create_device_cert(
     }
     files.commit(dir, force)?;
     let next = format!(
-        "run the device with it:\n  muster device simulate --cert {} --key {} --id-scope <ID_SCOPE> --provisioning-host <HOST>",
+        "run the device with it (muster info prints the ID scope):\n  muster device simulate --provisioning-host localhost --id-scope <ID_SCOPE> --cert {} --key {} --trust muster-data/tls/ca.pem",
         cert_path.display(),
         key_path.display()
     );
