@@ -25,6 +25,8 @@ pub(crate) struct Endpoint {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) tls: Arc<ClientConfig>,
+    /// Local address to connect from (a fleet spreads over 127.0.0.x to have more ports).
+    pub(crate) local_address: Option<std::net::IpAddr>,
 }
 
 impl Endpoint {
@@ -33,12 +35,50 @@ impl Endpoint {
         let server_name = ServerName::try_from(self.host.clone()).map_err(|e| {
             Error::InvalidOptions(format!("'{}' is not a valid host name: {e}", self.host))
         })?;
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|source| Error::Connect {
-                addr: format!("{}:{}", self.host, self.port),
-                source,
-            })?;
+        let addr = || format!("{}:{}", self.host, self.port);
+        let tcp = match self.local_address {
+            None => TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|source| Error::Connect {
+                    addr: addr(),
+                    source,
+                })?,
+            Some(local) => {
+                let remote = tokio::net::lookup_host((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|source| Error::Connect {
+                        addr: addr(),
+                        source,
+                    })?
+                    .find(|a| a.is_ipv4() == local.is_ipv4())
+                    .ok_or_else(|| Error::Connect {
+                        addr: addr(),
+                        source: std::io::Error::other(format!(
+                            "no address of the same family as {local}"
+                        )),
+                    })?;
+                let socket = if local.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .and_then(|s| {
+                    s.bind(std::net::SocketAddr::new(local, 0))?;
+                    Ok(s)
+                })
+                .map_err(|source| Error::Connect {
+                    addr: addr(),
+                    source,
+                })?;
+                socket
+                    .connect(remote)
+                    .await
+                    .map_err(|source| Error::Connect {
+                        addr: addr(),
+                        source,
+                    })?
+            }
+        };
         // Small request/response packets: do not wait to coalesce them.
         let _ = tcp.set_nodelay(true);
         TlsConnector::from(Arc::clone(&self.tls))

@@ -124,6 +124,8 @@ pub struct ProvisioningOptions {
     pub payload: Option<Value>,
     /// Deadline for the whole registration, retries and polls included.
     pub timeout: Duration,
+    /// Local address to connect from (`None`: chosen by the system).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl ProvisioningOptions {
@@ -143,6 +145,7 @@ impl ProvisioningOptions {
             credentials,
             payload: None,
             timeout: DEFAULT_TIMEOUT,
+            local_address: None,
         }
     }
 
@@ -300,6 +303,7 @@ impl ProvisioningClient {
             host: self.options.host.clone(),
             port: self.options.port(),
             tls: Arc::clone(&self.tls),
+            local_address: self.options.local_address,
         };
         let connect = Connect {
             protocol_level: 4,
@@ -360,6 +364,7 @@ impl ProvisioningClient {
     async fn register_https(&self) -> Result<Registration, Error> {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(ClientConfig::clone(&self.tls))
+            .local_address(self.options.local_address)
             .user_agent(USER_AGENT)
             .build()
             .map_err(|source| Error::Http {

@@ -189,6 +189,8 @@ pub struct HubOptions {
     pub max_in_flight: usize,
     /// Capacity of the event channel.
     pub event_capacity: usize,
+    /// Local address to connect from (`None`: chosen by the system).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl HubOptions {
@@ -213,6 +215,7 @@ impl HubOptions {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 64,
             event_capacity: 256,
+            local_address: None,
         }
     }
 
@@ -451,6 +454,12 @@ enum Command {
         payload: Bytes,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// A QoS 0 publish, resolved once written.
+    Fire {
+        topic: String,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 #[derive(Debug)]
@@ -489,6 +498,7 @@ impl HubClient {
             host: options.host.clone(),
             port: options.port,
             tls: client_config(&options.trust, identity, &[])?,
+            local_address: options.local_address,
         };
         let options = Arc::new(options);
         let first = attempt(&endpoint, &options).await?;
@@ -601,6 +611,38 @@ impl HubClient {
             message.property_bag()
         );
         self.publish(topic, message.body.into()).await
+    }
+
+    /// Send a telemetry message at QoS 0: resolves once written to the connection, with no
+    /// acknowledgement and no resend (what a fleet measuring raw throughput wants; devices
+    /// that must not lose readings use [`HubClient::send_telemetry`]).
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`] over 256 KB; [`Error::NotConnected`] while reconnecting;
+    /// [`Error::Closed`].
+    pub async fn send_telemetry_at_most_once(&self, message: Message) -> Result<(), Error> {
+        if message.body.len() > MAX_TELEMETRY_SIZE {
+            return Err(Error::MessageTooLarge {
+                size: message.body.len(),
+                max: MAX_TELEMETRY_SIZE,
+            });
+        }
+        let topic = format!(
+            "devices/{}/messages/events/{}",
+            self.shared.device_id,
+            message.property_bag()
+        );
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Fire {
+                topic,
+                payload: message.body.into(),
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
     }
 
     /// Answer the direct method call `rid` with `status` and a JSON payload.
@@ -1092,6 +1134,27 @@ impl Task {
                 }))
                 .await
             }
+            Command::Fire {
+                topic,
+                payload,
+                reply,
+            } => {
+                let sent = link
+                    .send(&Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtMostOnce,
+                        retain: false,
+                        topic,
+                        packet_id: None,
+                        payload,
+                    }))
+                    .await;
+                let _ = reply.send(match &sent {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Error::NotConnected),
+                });
+                sent
+            }
         }
     }
 
@@ -1220,6 +1283,9 @@ impl Task {
                     Some(Command::Publish { topic, payload, reply }) => {
                         self.queue(topic, payload, reply);
                     }
+                    Some(Command::Fire { reply, .. }) => {
+                        let _ = reply.send(Err(Error::NotConnected));
+                    }
                 },
             }
         }
@@ -1278,7 +1344,7 @@ impl Task {
                 Command::Request { reply, .. } => {
                     let _ = reply.send(Err(error()));
                 }
-                Command::Publish { reply, .. } => {
+                Command::Publish { reply, .. } | Command::Fire { reply, .. } => {
                     let _ = reply.send(Err(error()));
                 }
             }

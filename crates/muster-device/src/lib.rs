@@ -15,6 +15,9 @@
 //!   backoff, persistent sessions and SAS token renewal; [`HubEvent`]s for what the hub sends.
 //! - [`simulate`]: the classic DPS lab's simulated device (follows `telemetryDelay`, sends
 //!   readings with `temperatureAlert`), reporting what it does as [`simulate::SimEvent`]s.
+//! - [`fleet`]: many devices as a load generator — provisioning storm, connect storm,
+//!   telemetry, desired-patch fan-out — with HDR-histogram latencies.
+//! - [`handshake`]: the mutual-TLS handshake rate on loopback, the bound for storms.
 //! - [`error`]: the one [`Error`] type.
 //! - `connection` (private): one MQTT-over-TLS connection on top of `muster-mqtt`'s codec.
 //!
@@ -54,6 +57,8 @@
 mod connection;
 pub mod dps;
 pub mod error;
+pub mod fleet;
+pub mod handshake;
 pub mod hub;
 pub mod identity;
 pub mod simulate;

@@ -57,16 +57,150 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: DpsCommand,
     },
-    /// Run devices: the lab's simulated device.
+    /// Run devices: the lab's simulated device, or a fleet as a load generator.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Measure limits: the bare mutual-TLS handshake rate.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Full mutual-TLS handshakes per second between a bare rustls server and client on
+    /// loopback, with the certificate profile a fleet uses (the bound for provisioning and
+    /// connect storms).
+    Handshake {
+        /// The CA that signs the server and client certificates (PEM).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// How long to measure.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Handshakes in progress at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub(crate) enum DeviceCommand {
     /// The DPS lab's simulated device: provision, connect to the assigned hub, follow the
     /// `telemetryDelay` desired property and send sensor readings until Ctrl-C.
     Simulate(SimulateArgs),
+    /// Drive N simulated devices: provision, connect, send telemetry, optionally fan a
+    /// desired patch out to all of them; print the figures.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FleetArgs {
+    /// Number of devices.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) devices: usize,
+    /// Devices provisioning or connecting at once.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: usize,
+    /// New provisionings / connections per second (default: as fast as concurrency allows).
+    #[arg(long)]
+    pub(crate) connect_rate: Option<f64>,
+    /// Device ids are PREFIX + index.
+    #[arg(long, default_value = "fleet-device-")]
+    pub(crate) prefix: String,
+    /// X.509: the CA (PEM; an intermediate may be followed by its root) that mints a leaf per
+    /// device, CN = PREFIX + index.
+    #[arg(long, requires = "ca_key", conflicts_with = "symmetric_key_env")]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// The CA's private key (PEM).
+    #[arg(long, requires = "ca_cert")]
+    pub(crate) ca_key: Option<PathBuf>,
+    /// Symmetric keys: environment variable holding the enrollment group's key.
+    #[arg(long)]
+    pub(crate) symmetric_key_env: Option<String>,
+    /// The provisioning service's host, optionally with `:port`.
+    #[arg(long, required_unless_present = "no_provision")]
+    pub(crate) provisioning_host: Option<String>,
+    /// The ID scope.
+    #[arg(long, required_unless_present = "no_provision")]
+    pub(crate) id_scope: Option<String>,
+    /// DPS transport.
+    #[arg(long, value_enum, default_value_t = TransportArg::Mqtt)]
+    pub(crate) transport: TransportArg,
+    /// Connect straight to `--hub-host` (a hub or any MQTT broker) without provisioning.
+    #[arg(long, requires = "hub_host")]
+    pub(crate) no_provision: bool,
+    /// The hub's host (default: the one provisioning assigns).
+    #[arg(long)]
+    pub(crate) hub_host: Option<String>,
+    /// The hub's MQTT port (default: the provisioning port with MQTT, else 8883).
+    #[arg(long)]
+    pub(crate) hub_port: Option<u16>,
+    /// CA certificate the servers' certificates chain to (muster: DATA_DIR/tls/ca.pem).
+    #[arg(long)]
+    pub(crate) trust: Option<PathBuf>,
+    /// Length of the telemetry phase, e.g. `60s`, `500ms`; `0s` = provisioning and connecting
+    /// only.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: std::time::Duration,
+    /// Per-device telemetry interval; `0s` = as fast as acknowledgements allow.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) telemetry_interval: std::time::Duration,
+    /// Telemetry QoS (1: acknowledged once durable; 0: fire and forget).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub(crate) qos: u8,
+    /// Telemetry body size in bytes.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) payload_bytes: usize,
+    /// Unacknowledged messages per device when sending as fast as possible.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) in_flight: usize,
+    /// Connect from 127.0.0.1 … 127.0.0.N (more ephemeral ports for big fleets on loopback).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) source_addresses: u8,
+    /// After telemetry, PATCH every device's desired properties through the service API and
+    /// time each notification.
+    #[arg(long)]
+    pub(crate) fanout: bool,
+    /// Service connection string for `--fanout` (default: the local data directory's).
+    #[arg(long)]
+    pub(crate) hub_connection_string: Option<String>,
+    /// Data directory of a local server, for `--fanout`'s connection string.
+    #[arg(long, default_value = "./muster-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Print the summary as one JSON object on the last line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `60s`, `1.5s`, `500ms`, `2m`, or plain seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 60s, 500ms, 2m)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("'{text}' is not a duration"));
+    }
+    std::time::Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())
 }
 
 /// DPS transport for `device simulate`.
@@ -74,7 +208,8 @@ pub(crate) enum DeviceCommand {
 pub(crate) enum TransportArg {
     /// MQTT over TLS (port 8883).
     Mqtt,
-    /// HTTPS (port 443 unless `--port` says otherwise; muster serves it on 8443 by default).
+    /// HTTPS (port 443 unless `--provisioning-host HOST:PORT` says otherwise; muster serves it
+    /// on 8443 by default).
     Https,
 }
 

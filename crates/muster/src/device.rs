@@ -11,12 +11,295 @@ use muster_device::simulate::{SimEvent, SimulatorOptions};
 use muster_device::{Identity, Secret, TrustRoots};
 use serde_json::{Value, json};
 
-use crate::cli::{DeviceCommand, Output, SimulateArgs, TransportArg};
+use crate::cli::{BenchCommand, DeviceCommand, FleetArgs, Output, SimulateArgs, TransportArg};
 
 pub(crate) fn run(command: DeviceCommand, output: Output) -> Result<()> {
     match command {
         DeviceCommand::Simulate(args) => simulate(&args, output),
+        DeviceCommand::Fleet(args) => fleet(&args, output),
     }
+}
+
+pub(crate) fn bench(command: BenchCommand, output: Output) -> Result<()> {
+    match command {
+        BenchCommand::Handshake {
+            ca_cert,
+            ca_key,
+            seconds,
+            concurrency,
+            json,
+        } => {
+            let (issuer, _) = load_ca(&ca_cert, &ca_key)?;
+            if !(seconds > 0.0 && seconds.is_finite()) {
+                bail!("--seconds must be a positive number");
+            }
+            let options = muster_device::handshake::HandshakeOptions {
+                issuer: std::sync::Arc::new(issuer),
+                duration: Duration::from_secs_f64(seconds),
+                concurrency: concurrency.max(1),
+            };
+            let runtime = crate::api::runtime()?;
+            let report = runtime.block_on(muster_device::handshake::run(options))?;
+            if json || output == Output::Json {
+                line(&serde_json::to_string(&report)?);
+            } else {
+                line(&format!(
+                    "{} mutual-TLS handshakes in {:.1} s ({} failed), concurrency {}: {} handshakes/s",
+                    report.handshakes,
+                    report.seconds,
+                    report.failures,
+                    report.concurrency,
+                    report.handshakes_per_sec
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A CA from its certificate file (an intermediate may be followed by its chain) and key:
+/// the issuer and the non-root certificates to send after each leaf.
+fn load_ca(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(muster_pki::Issuer, Vec<muster_pki::Certificate>)> {
+    let pem = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+    let certificates = muster_pki::read_certificates(&pem)
+        .with_context(|| format!("cannot read a certificate from {}", cert.display()))?;
+    let first = certificates
+        .first()
+        .cloned()
+        .with_context(|| format!("{} holds no certificate", cert.display()))?;
+    let key_pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let key = muster_pki::read_private_key(&key_pem, None)
+        .with_context(|| format!("cannot read the key {}", key.display()))?;
+    let issuer = muster_pki::Issuer::new(first, key)
+        .with_context(|| format!("{} cannot sign", cert.display()))?;
+    let chain = certificates
+        .into_iter()
+        .filter(|c| !c.is_self_signed())
+        .collect();
+    Ok((issuer, chain))
+}
+
+fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
+    use muster_device::fleet::{
+        FleetOptions, HubTarget, Identities, Progress, ProvisioningTarget, ServiceTarget,
+    };
+    let identities = match (&args.ca_cert, &args.ca_key, &args.symmetric_key_env) {
+        (Some(cert), Some(key), None) => {
+            let (issuer, chain) = load_ca(cert, key)?;
+            Identities::Mint {
+                issuer: std::sync::Arc::new(issuer),
+                chain,
+            }
+        }
+        (None, None, Some(var)) => Identities::GroupKey(secret_from_env(var)?),
+        _ => bail!("give --ca-cert and --ca-key (X.509) or --symmetric-key-env (group key)"),
+    };
+    let trust = match &args.trust {
+        Some(path) => TrustRoots::from_pem_file(path)
+            .with_context(|| format!("cannot load the trust bundle {}", path.display()))?,
+        None => TrustRoots::webpki(),
+    };
+    let transport = match args.transport {
+        TransportArg::Mqtt => Transport::Mqtt,
+        TransportArg::Https => Transport::Https,
+    };
+    let provisioning = match (&args.no_provision, &args.provisioning_host, &args.id_scope) {
+        (true, _, _) => None,
+        (false, Some(host), Some(scope)) => {
+            let (host, port) = host_and_port(host)?;
+            Some(ProvisioningTarget {
+                host,
+                port,
+                id_scope: scope.clone(),
+                transport,
+            })
+        }
+        _ => bail!("give --provisioning-host and --id-scope, or --no-provision with --hub-host"),
+    };
+    let hub_port = args.hub_port.unwrap_or(match (&provisioning, transport) {
+        (Some(p), Transport::Mqtt) => p.port.unwrap_or(muster_device::hub::DEFAULT_PORT),
+        _ => muster_device::hub::DEFAULT_PORT,
+    });
+    let fanout = if args.fanout {
+        let text = match &args.hub_connection_string {
+            Some(cs) => cs.clone(),
+            None => crate::serve::local_info(&args.data_dir)?
+                .get("hubConnectionString")
+                .and_then(Value::as_str)
+                .context("the data directory has no hub connection string")?
+                .to_owned(),
+        };
+        let cs = muster_auth::connection_string::ConnectionString::parse(&text)?;
+        Some(ServiceTarget {
+            base_url: format!("https://{}", cs.host_name),
+            token_host: cs.host_name.clone(),
+            key_name: cs
+                .key_name
+                .clone()
+                .context("the connection string has no SharedAccessKeyName")?,
+            key: cs
+                .key
+                .context("the connection string has no SharedAccessKey")?,
+        })
+    } else {
+        None
+    };
+    let options = FleetOptions {
+        devices: args.devices,
+        prefix: args.prefix.clone(),
+        concurrency: args.concurrency,
+        connect_rate: args.connect_rate,
+        identities,
+        trust,
+        provisioning,
+        hub: HubTarget {
+            host: args.hub_host.clone(),
+            port: hub_port,
+        },
+        duration: args.duration,
+        telemetry_interval: args.telemetry_interval,
+        qos: args.qos,
+        payload_bytes: args.payload_bytes,
+        in_flight: args.in_flight,
+        // One address: let the system choose (which also works for remote hosts).
+        source_addresses: if args.source_addresses > 1 {
+            (1..=args.source_addresses)
+                .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        fanout,
+    };
+    raise_fd_limit(args.devices);
+    let progress = std::sync::Arc::new(Progress::default());
+    let runtime = crate::api::runtime()?;
+    let devices = args.devices as u64;
+    let bars = !args.json
+        && output != Output::Json
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = runtime.block_on(async {
+        let watcher =
+            bars.then(|| tokio::spawn(show_progress(std::sync::Arc::clone(&progress), devices)));
+        let report = muster_device::fleet::run(options, std::sync::Arc::clone(&progress)).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        report
+    })?;
+    if args.json || output == Output::Json {
+        line(&serde_json::to_string(&report)?);
+    } else {
+        for l in summary(&report) {
+            line(&l);
+        }
+    }
+    Ok(())
+}
+
+/// Raise the open-file limit so a big fleet is not stopped by it (best effort).
+fn raise_fd_limit(devices: usize) {
+    let wanted = u64::try_from(devices)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    if let Err(e) = rlimit::increase_nofile_limit(wanted) {
+        eprintln!("warning: cannot raise the open-file limit: {e}");
+    }
+}
+
+/// Live progress bars on stderr while the fleet runs.
+async fn show_progress(progress: std::sync::Arc<muster_device::fleet::Progress>, devices: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let multi = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>10} [{bar:30}] {pos}/{len} {per_sec} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = |name: &str| {
+        let b = multi.add(indicatif::ProgressBar::new(devices));
+        b.set_style(style.clone());
+        b.set_prefix(name.to_owned());
+        b
+    };
+    let provision = bar("provision");
+    let connect = bar("connect");
+    let telemetry = multi.add(indicatif::ProgressBar::new_spinner());
+    telemetry.set_prefix("telemetry");
+    loop {
+        provision.set_position(
+            progress.provisioned.load(Relaxed) + progress.provision_failed.load(Relaxed),
+        );
+        provision.set_message(format!(
+            "{} failed",
+            progress.provision_failed.load(Relaxed)
+        ));
+        connect
+            .set_position(progress.connected.load(Relaxed) + progress.connect_failed.load(Relaxed));
+        connect.set_message(format!("{} failed", progress.connect_failed.load(Relaxed)));
+        telemetry.set_message(format!(
+            "{} sent, {} acknowledged, {} failed",
+            progress.messages_sent.load(Relaxed),
+            progress.messages_acked.load(Relaxed),
+            progress.publish_failed.load(Relaxed)
+        ));
+        telemetry.tick();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The end-of-run table.
+fn summary(r: &muster_device::fleet::FleetReport) -> Vec<String> {
+    let p = |x: &muster_device::fleet::Percentiles| {
+        format!(
+            "p50 {:.2} ms  p90 {:.2}  p99 {:.2}  max {:.2}",
+            x.p50, x.p90, x.p99, x.max
+        )
+    };
+    let mut out = vec![
+        format!(
+            "{:<12} {:>9} ok {:>7} failed {:>10.1}/s   {}",
+            "provision",
+            r.provisioned,
+            r.provision_failed,
+            r.provision_per_sec,
+            p(&r.provision_latency_ms)
+        ),
+        format!(
+            "{:<12} {:>9} ok {:>7} failed {:>10.1}/s   {}",
+            "connect",
+            r.connected,
+            r.connect_failed,
+            r.connect_per_sec,
+            p(&r.connect_latency_ms)
+        ),
+        format!(
+            "{:<12} {:>9} ok {:>7} failed {:>10.1}/s   {}",
+            "telemetry",
+            r.messages_acked,
+            r.publish_failed,
+            r.messages_per_sec,
+            p(&r.publish_latency_ms)
+        ),
+    ];
+    if r.twin_fanout_received > 0 {
+        out.push(format!(
+            "{:<12} {:>9} ok {:>7} missed  last after {:.1} ms   {}",
+            "fan-out",
+            r.twin_fanout_received,
+            r.connected.saturating_sub(r.twin_fanout_received),
+            r.twin_fanout_total_ms,
+            p(&r.twin_fanout_ms)
+        ));
+    }
+    for e in &r.errors {
+        out.push(format!("error ({}, {}×): {}", e.phase, e.count, e.message));
+    }
+    out
 }
 
 fn secret_from_env(var: &str) -> Result<Secret> {
@@ -252,6 +535,11 @@ fn text(v: &Value) -> String {
             v.get("temperatureAlert").unwrap_or(&Value::Null)
         ),
         "sendFailed" => format!("send failed   {}", str_of(v, "reason")),
+        "reportFailed" => format!(
+            "report failed {} ({})",
+            v.get("patch").unwrap_or(&Value::Null),
+            str_of(v, "reason")
+        ),
         "messageReceived" => format!(
             "message       {}  properties {}",
             str_of(v, "body"),

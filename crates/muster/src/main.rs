@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         cli::Command::Dps { api, command } => dps::run(&api, command, cli.output),
         cli::Command::Hub { api, command } => hub::run(&api, command, cli.output),
         cli::Command::Device(command) => device::run(command, cli.output),
+        cli::Command::Bench(command) => device::bench(command, cli.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
