@@ -338,6 +338,14 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let mut registration = ctx.sessions.register(&key);
+    // Recorded before CONNACK, so a service that sees the device connected reads it so too.
+    if let Err(e) = ctx
+        .registry
+        .record_activity(&hub, &identity, Some(true))
+        .await
+    {
+        warn!(error = %e, "cannot record the connection state");
+    }
     if conn
         .write_packet(&Packet::ConnAck(ConnAck {
             session_present: saved.is_some(),
@@ -347,16 +355,17 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         .is_err()
     {
         ctx.sessions.unregister(&key, registration.generation);
+        if !ctx.sessions.is_connected(&key)
+            && let Err(e) = ctx
+                .registry
+                .record_activity(&hub, &identity, Some(false))
+                .await
+        {
+            warn!(error = %e, "cannot record the connection state");
+        }
         return;
     }
     info!(hub, session_present = saved.is_some(), "device connected");
-    if let Err(e) = ctx
-        .registry
-        .record_activity(&hub, &identity, Some(true))
-        .await
-    {
-        warn!(error = %e, "cannot record the connection state");
-    }
     let mut last_activity = std::time::Instant::now();
     let mut subscriptions: BTreeSet<String> = saved.unwrap_or_default().into_iter().collect();
     // Modules receive no cloud-to-device messages (as in IoT Hub).
