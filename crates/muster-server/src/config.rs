@@ -39,6 +39,10 @@ max_body_size = 1048576
 shutdown_grace = "5s"
 
 [dps]
+# Answer a registration that completes at once with its result (200, "assigned": one round
+# trip, which both official SDKs accept). false: always answer 202 "assigning" first and let
+# the device poll, as Azure does (the Python SDK then waits a fixed 2 s).
+immediate_result = true
 # Seconds a device is told to wait before polling a registration (retry-after).
 retry_after = 1
 # Registrations accepted per second for the ID scope; more are answered 429 with retry-after
@@ -84,6 +88,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DpsSettings {
+    /// Answer an `assigned` registration at once instead of `202 assigning` + poll.
+    pub immediate_result: bool,
     /// `retry-after` seconds.
     pub retry_after: u32,
     /// Registrations per second (0 = unlimited).
@@ -93,6 +99,7 @@ pub struct DpsSettings {
 impl Default for DpsSettings {
     fn default() -> Self {
         Self {
+            immediate_result: true,
             retry_after: 1,
             rate_limit: 0,
         }

@@ -1,8 +1,10 @@
 //! The DPS device API, shared by the MQTT and HTTPS transports: register, then poll.
 //!
-//! Register performs the whole registration at once, parks the result under a new operation
-//! id, and answers `202 {"status":"assigning"}` with `retry-after`, as Azure does; the poll
-//! answers `200 {"status":"assigned", "registrationState": …}`. Every failure is a JSON body
+//! Register performs the whole registration at once and parks the result under a new operation
+//! id. With `immediate_result` (the default) an `assigned` result is the answer itself: `200
+//! {"operationId", "status":"assigned", "registrationState": …}`, one round trip. Otherwise,
+//! and for failed allocations, it answers `202 {"status":"assigning"}` with `retry-after`, as
+//! Azure does, and the poll answers with the result. Every failure is a JSON body
 //! `{errorCode, trackingId, message, timestampUtc}` with a log line carrying the reason.
 
 use muster_dps::registration::{Credential, RegistrationRequest};
@@ -68,7 +70,7 @@ pub(crate) async fn register(
     dps: &Dps,
     operations: &Operations,
     limit: Option<&crate::operations::RateLimit>,
-    retry_after: u32,
+    (retry_after, immediate): (u32, bool),
     registration_id: &str,
     credential: Credential<'_>,
     body: &[u8],
@@ -145,9 +147,16 @@ pub(crate) async fn register(
                 Outcome {
                     registration_id: registration_id.to_owned(),
                     status: 200,
-                    body: assigned,
+                    body: assigned.clone(),
                 },
             );
+            if immediate {
+                return Reply {
+                    status: 200,
+                    body: assigned,
+                    retry_after: None,
+                };
+            }
             Reply {
                 status: 202,
                 body: json!({"operationId": op, "status": "assigning"}),

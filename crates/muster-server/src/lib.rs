@@ -55,6 +55,8 @@ pub struct Context {
     pub(crate) hub_hostnames: Vec<String>,
     pub(crate) operations: operations::Operations,
     pub(crate) retry_after: u32,
+    /// Answer `assigned` registrations at once.
+    pub(crate) immediate_result: bool,
     pub(crate) rate_limit: Option<operations::RateLimit>,
     pub(crate) limits: Limits,
     pub(crate) id_scope: String,
@@ -211,6 +213,7 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
         sessions: sessions::Sessions::default(),
         events,
         retry_after: config.dps.retry_after,
+        immediate_result: config.dps.immediate_result,
         rate_limit: operations::RateLimit::new(config.dps.rate_limit),
         limits: config.limits.clone(),
         id_scope: state.id_scope.clone(),

@@ -45,7 +45,8 @@ fn chain_pem(pki: &Pki) -> String {
 
 #[tokio::test]
 async fn x509_device_registers_over_mqtt() {
-    let server = TestServer::start().await;
+    // Azure's flow: 202 assigning, then the poll answers.
+    let server = TestServer::start_with(|c| c.dps.immediate_result = false).await;
     let pki = Pki::new();
     lab_group(&server, &pki).await;
     let chain = chain_pem(&pki);
@@ -291,8 +292,66 @@ async fn symmetric_key_device_registers_over_mqtt() {
 }
 
 #[tokio::test]
-async fn x509_device_registers_over_https() {
+async fn registrations_are_answered_at_once_by_default() {
     let server = TestServer::start().await;
+    let pki = Pki::new();
+    lab_group(&server, &pki).await;
+    let chain = chain_pem(&pki);
+    let mut dev = server
+        .mqtt(
+            "device-1",
+            &dps_username(&server.id_scope(), "device-1"),
+            None,
+            Some((&chain, &pki.leaf.key_pem)),
+        )
+        .await;
+    let (topic, first, _) = dev.dps_register("device-1", Value::Null).await;
+    assert_eq!(
+        topic, "$dps/registrations/res/200/?$rid=1",
+        "one round trip"
+    );
+    assert_eq!(first["status"], "assigned");
+    assert_eq!(first["registrationState"]["deviceId"], "device-1");
+    // The operation can still be polled, as SDKs that poll anyway expect.
+    let op = first["operationId"].as_str().unwrap().to_owned();
+    dev.publish(
+        &format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId={op}"),
+        b" ",
+        12,
+    )
+    .await;
+    let polled = dev.next_publish().await;
+    assert_eq!(polled.topic, "$dps/registrations/res/200/?$rid=2");
+    // Over HTTPS too.
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", chain_pem(&pki), pki.leaf.key_pem).as_bytes())
+            .unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&server.ca_pem()).unwrap())
+        .identity(identity)
+        .resolve("localhost", server.running.https_addr)
+        .build()
+        .unwrap();
+    let resp = client
+        .put(format!(
+            "https://localhost:{}/{}/registrations/device-1/register?api-version=2019-03-31",
+            server.running.https_addr.port(),
+            server.id_scope()
+        ))
+        .json(&json!({"registrationId": "device-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "assigned", "{body}");
+    assert_eq!(body["registrationState"]["deviceId"], "device-1");
+}
+
+#[tokio::test]
+async fn x509_device_registers_over_https() {
+    let server = TestServer::start_with(|c| c.dps.immediate_result = false).await;
     let pki = Pki::new();
     lab_group(&server, &pki).await;
     let identity =

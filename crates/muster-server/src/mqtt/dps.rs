@@ -211,7 +211,7 @@ async fn handle_publish(
             &ctx.dps,
             &ctx.operations,
             ctx.rate_limit.as_ref(),
-            ctx.retry_after,
+            (ctx.retry_after, ctx.immediate_result),
             registration_id,
             credential,
             &p.payload,

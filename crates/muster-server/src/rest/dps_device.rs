@@ -74,7 +74,7 @@ async fn register(
             &ctx.dps,
             &ctx.operations,
             ctx.rate_limit.as_ref(),
-            ctx.retry_after,
+            (ctx.retry_after, ctx.immediate_result),
             &id,
             credential,
             &body,

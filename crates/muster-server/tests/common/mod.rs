@@ -440,6 +440,14 @@ impl Mqtt {
         .await;
         let reply = self.next_publish().await;
         let first: Value = serde_json::from_slice(&reply.payload).unwrap();
+        if reply.topic.starts_with("$dps/registrations/res/200/") {
+            // Answered at once (immediate_result): the answer is the result.
+            return (
+                reply.topic.clone(),
+                first.clone(),
+                Some((reply.topic, first)),
+            );
+        }
         if !reply.topic.starts_with("$dps/registrations/res/202/") {
             return (reply.topic, first, None);
         }
