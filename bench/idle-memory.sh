@@ -84,6 +84,7 @@ for count in $COUNTS; do
     bench_fleet "$WORK/provision-$count.json" \
         --devices "$count" --concurrency "$CONCURRENCY" --prefix idle- \
         --ca-cert "$CERTS/root-ca.pem" --ca-key "$CERTS/root-ca.key.pem" \
+        --identity-dir "$WORK/identities-$count" \
         --provisioning-host "localhost:$MQTT_PORT" --id-scope "$SCOPE" --trust "$DATA/tls/ca.pem" \
         --duration 0s --source-addresses "$SOURCE_ADDRESSES"
     v=$(bench_get "$WORK/provision-$count.json" provisioned)
@@ -99,7 +100,7 @@ for count in $COUNTS; do
         out=$WORK/idle-$count-$r.json
         "$MUSTER" device fleet --devices "$count" --concurrency "$CONCURRENCY" --prefix idle- \
             --ca-cert "$CERTS/root-ca.pem" --ca-key "$CERTS/root-ca.key.pem" --trust "$DATA/tls/ca.pem" \
-            --no-provision --hub-host localhost --hub-port "$MQTT_PORT" \
+            --identity-dir "$WORK/identities-$count" --no-provision --hub-host localhost --hub-port "$MQTT_PORT" \
             --duration "${IDLE_SECONDS}s" --telemetry-interval 3600s --qos 1 --payload-bytes 128 \
             --source-addresses "$SOURCE_ADDRESSES" --json >"$out" 2>"${out%.json}.err" &
         fleet_pid=$!

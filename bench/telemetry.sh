@@ -72,7 +72,10 @@ bench_enroll "$DATA" "$CERTS"
 SCOPE=$(bench_id_scope "$DATA")
 bench_log "muster serve: pid $SERVER_PID, MQTT port $MQTT_PORT, ID scope $SCOPE"
 
-tls=(--ca-cert "$CERTS/root-ca.pem" --ca-key "$CERTS/root-ca.key.pem" --trust "$DATA/tls/ca.pem")
+# The identities minted when provisioning are kept and reused, so later runs connect as the
+# devices the hub knows (an X.509 device is pinned to its certificate's thumbprint).
+tls=(--ca-cert "$CERTS/root-ca.pem" --ca-key "$CERTS/root-ca.key.pem" --trust "$DATA/tls/ca.pem"
+    --identity-dir "$WORK/identities")
 load=(--devices "$DEVICES" --concurrency "$CONCURRENCY" --prefix tele-
     --duration "${DURATION}s" --telemetry-interval 0s --qos 1 --payload-bytes "$PAYLOAD_BYTES"
     --in-flight "$IN_FLIGHT" --source-addresses "$SOURCE_ADDRESSES")

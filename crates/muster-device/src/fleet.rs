@@ -120,6 +120,11 @@ pub struct FleetOptions {
     pub source_addresses: Vec<IpAddr>,
     /// Run the fan-out phase against this service API.
     pub fanout: Option<ServiceTarget>,
+    /// PATCH requests in flight during the fan-out (1: each notification timed alone).
+    pub fanout_concurrency: usize,
+    /// Keep minted identities here (`{id}.pem`, `{id}.key.pem`) and reuse them on later runs,
+    /// so a fleet can connect with `--no-provision` to the devices an earlier run provisioned.
+    pub identity_dir: Option<std::path::PathBuf>,
 }
 
 /// Live counters, readable while the fleet runs (for progress bars).
@@ -276,6 +281,16 @@ pub fn device_id(prefix: &str, index: usize) -> String {
     format!("{prefix}{index}")
 }
 
+/// Write a file readable by its owner only (it may hold a private key).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
 /// Device `index`'s credentials: DPS and hub.
 fn credentials(
     options: &FleetOptions,
@@ -284,11 +299,22 @@ fn credentials(
     let id = device_id(&options.prefix, index);
     match &options.identities {
         Identities::Mint { issuer, chain } => {
+            if let Some(dir) = &options.identity_dir {
+                let cert = dir.join(format!("{id}.pem"));
+                let key = dir.join(format!("{id}.key.pem"));
+                if cert.exists() && key.exists() {
+                    let identity = Identity::from_pem_files(&cert, Some(&key))?;
+                    return Ok((
+                        DpsCredentials::X509(identity.clone()),
+                        HubCredentials::X509(identity),
+                    ));
+                }
+            }
             let now = time::OffsetDateTime::now_utc();
             let issued = issuer
                 .issue(
                     &Request {
-                        common_name: id,
+                        common_name: id.clone(),
                         organization: None,
                         profile: Profile::Client,
                         not_before: now - time::Duration::hours(1),
@@ -302,6 +328,16 @@ fn credentials(
                 })?;
             let mut certificates = vec![issued.certificate];
             certificates.extend(chain.iter().cloned());
+            if let Some(dir) = &options.identity_dir {
+                let pem: String = certificates.iter().map(Certificate::to_pem).collect();
+                let write = |name: String, text: &str| {
+                    let path = dir.join(name);
+                    write_private(&path, text.as_bytes())
+                        .map_err(|source| Error::File { path, source })
+                };
+                write(format!("{id}.key.pem"), &issued.key.to_pem())?;
+                write(format!("{id}.pem"), &pem)?;
+            }
             let identity = Identity::new(certificates, issued.key)?;
             Ok((
                 DpsCredentials::X509(identity.clone()),
@@ -609,6 +645,8 @@ async fn telemetry(
                 while Instant::now() < deadline {
                     if !options.telemetry_interval.is_zero() {
                         if next > deadline {
+                            // Stay connected (idle) until the phase ends.
+                            tokio::time::sleep_until(deadline).await;
                             break;
                         }
                         tokio::time::sleep_until(next).await;
@@ -728,7 +766,7 @@ async fn fanout(
             (arrived, stamp)
         });
     }
-    let limit = Arc::new(Semaphore::new(32));
+    let limit = Arc::new(Semaphore::new(options.fanout_concurrency.max(1)));
     let mut patches = JoinSet::new();
     for (c, stamp) in fleet.iter().zip(&sent_at) {
         let client = client.clone();

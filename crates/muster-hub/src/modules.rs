@@ -252,6 +252,63 @@ impl Registry {
         Ok(())
     }
 
+    /// After a start: every device or module still marked `Connected` holds no connection
+    /// (the previous process ended without recording the disconnect, e.g. `kill -9`), except
+    /// those `is_live` names (connected since this start). Marks the rest `Disconnected`;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn reset_stale_connections(
+        &self,
+        is_live: impl Fn(&str) -> bool + Send + Sync,
+    ) -> Result<u64, HubError> {
+        let mut reset = 0;
+        for collection in [Collection::Devices, Collection::Modules] {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .store
+                    .list(collection, None, after.as_deref(), 500)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.key.clone());
+                for r in page {
+                    if r.body.get("connectionState").and_then(Value::as_str) != Some("Connected")
+                        || is_live(&r.key)
+                    {
+                        continue;
+                    }
+                    let mut d = r.body.clone();
+                    if let Some(o) = d.as_object_mut() {
+                        o.insert("connectionState".into(), json!("Disconnected"));
+                        o.insert(
+                            "connectionStateUpdatedTime".into(),
+                            json!(time_fmt::azure(time::OffsetDateTime::now_utc())),
+                        );
+                    }
+                    // A device that connects meanwhile changes the etag: its write wins.
+                    match self
+                        .store
+                        .put(
+                            collection,
+                            &r.key,
+                            r.index.as_deref(),
+                            &d,
+                            Precondition::IfMatch(r.etag.clone()),
+                        )
+                        .await
+                    {
+                        Ok(_) => reset += 1,
+                        Err(StoreError::PreconditionFailed { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(reset)
+    }
+
     /// The subscriptions saved for a CleanSession=0 session of an identity, if any.
     ///
     /// # Errors
@@ -310,5 +367,68 @@ impl Registry {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly"
+)]
+mod tests {
+    use std::sync::Arc;
+
+    use muster_store::sqlite::SqliteStore;
+    use serde_json::json;
+
+    use crate::registry::Registry;
+
+    #[tokio::test]
+    async fn stale_connections_are_reset_but_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+        let registry = Registry::new(store);
+        for id in ["gone", "live", "never"] {
+            registry
+                .put_device("hub", id, &json!({"deviceId": id}), None)
+                .await
+                .unwrap();
+        }
+        registry
+            .put_module("hub", "gone", "m", &json!({}), None)
+            .await
+            .unwrap();
+        for id in ["gone", "live", "gone/m"] {
+            registry
+                .record_activity("hub", id, Some(true))
+                .await
+                .unwrap();
+        }
+        let reset = registry
+            .reset_stale_connections(|key| key == "hub/live")
+            .await
+            .unwrap();
+        assert_eq!(
+            reset, 2,
+            "the device and the module that lost their connection"
+        );
+        let state = |d: serde_json::Value| d["connectionState"].as_str().unwrap().to_owned();
+        assert_eq!(
+            state(registry.get_device("hub", "gone").await.unwrap()),
+            "Disconnected"
+        );
+        assert_eq!(
+            state(registry.get_device("hub", "live").await.unwrap()),
+            "Connected"
+        );
+        assert_eq!(
+            state(registry.get_device("hub", "never").await.unwrap()),
+            "Disconnected"
+        );
+        assert_eq!(
+            state(registry.get_module("hub", "gone", "m").await.unwrap()),
+            "Disconnected"
+        );
     }
 }

@@ -266,6 +266,19 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown.clone(),
         tracker.clone(),
     ));
+    // Devices marked connected by a previous process hold no connection now.
+    let sweep = Arc::clone(&ctx);
+    tracker.spawn(async move {
+        match sweep
+            .registry
+            .reset_stale_connections(|key| sweep.sessions.is_connected(key))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(devices = n, "marked stale connections disconnected"),
+            Err(e) => tracing::warn!(error = %e, "cannot reset stale connection states"),
+        }
+    });
     tracker.spawn(rest::serve(
         https_listener,
         Arc::clone(&ctx),

@@ -168,6 +168,13 @@ pub(crate) struct FleetArgs {
     /// time each notification.
     #[arg(long)]
     pub(crate) fanout: bool,
+    /// PATCH requests in flight during `--fanout` (1 times each notification alone).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) fanout_concurrency: usize,
+    /// Keep the minted identities in this directory and reuse them on later runs (so a
+    /// `--no-provision` run can connect as the devices an earlier run provisioned).
+    #[arg(long)]
+    pub(crate) identity_dir: Option<PathBuf>,
     /// Service connection string for `--fanout` (default: the local data directory's).
     #[arg(long)]
     pub(crate) hub_connection_string: Option<String>,

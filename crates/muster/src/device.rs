@@ -173,7 +173,12 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
             Vec::new()
         },
         fanout,
+        fanout_concurrency: args.fanout_concurrency,
+        identity_dir: args.identity_dir.clone(),
     };
+    if let Some(dir) = &args.identity_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     raise_fd_limit(args.devices);
     let progress = std::sync::Arc::new(Progress::default());
     let runtime = crate::api::runtime()?;
