@@ -20,6 +20,11 @@ pub(crate) enum ConnectionError {
     Truncated,
 }
 
+/// Initial read buffer.
+const INITIAL_READ: usize = 512;
+/// Buffers above this size are released once empty.
+const KEEP_AT_MOST: usize = 16 * 1024;
+
 pub(crate) struct Connection<S> {
     stream: S,
     buffer: BytesMut,
@@ -29,11 +34,13 @@ pub(crate) struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub(crate) fn new(stream: S, max_packet: usize) -> Self {
+        // Small to start with: an idle device costs its buffers; packets larger than this
+        // grow them, and `shrink` gives the space back once they are handled.
         Self {
             stream,
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::with_capacity(INITIAL_READ),
             max_packet,
-            out: BytesMut::with_capacity(1024),
+            out: BytesMut::new(),
         }
     }
 
@@ -41,6 +48,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub(crate) async fn read_packet(&mut self) -> Result<Option<Packet>, ConnectionError> {
         loop {
             if let Some(packet) = muster_mqtt::decode(&mut self.buffer, self.max_packet)? {
+                if self.buffer.is_empty() && self.buffer.capacity() > KEEP_AT_MOST {
+                    self.buffer = BytesMut::with_capacity(INITIAL_READ);
+                }
                 return Ok(Some(packet));
             }
             if self.stream.read_buf(&mut self.buffer).await? == 0 {
@@ -59,6 +69,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         muster_mqtt::encode(packet, &mut self.out)?;
         self.stream.write_all(&self.out).await?;
         self.stream.flush().await?;
+        if self.out.capacity() > KEEP_AT_MOST {
+            self.out = BytesMut::new();
+        }
         Ok(())
     }
 
