@@ -63,16 +63,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Write one packet and flush.
-    pub(crate) async fn write_packet(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
-        self.out.clear();
+    /// The next packet already in the read buffer, without reading the socket.
+    pub(crate) fn next_buffered(&mut self) -> Result<Option<Packet>, ConnectionError> {
+        Ok(muster_mqtt::decode(&mut self.buffer, self.max_packet)?)
+    }
+
+    /// Add a packet to the output without sending it (see [`Connection::flush`]).
+    pub(crate) fn queue(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
         muster_mqtt::encode(packet, &mut self.out)?;
-        self.stream.write_all(&self.out).await?;
-        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Send everything queued, in one write (one TLS record for many small packets).
+    pub(crate) async fn flush(&mut self) -> Result<(), ConnectionError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
+            self.out.clear();
+        }
         if self.out.capacity() > KEEP_AT_MOST {
             self.out = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Write one packet (after anything queued) and flush.
+    pub(crate) async fn write_packet(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
+        self.queue(packet)?;
+        self.flush().await
     }
 
     /// Close the write side politely.

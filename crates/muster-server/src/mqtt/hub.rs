@@ -381,6 +381,12 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         ctx.sessions.unregister(&key, registration.generation);
         return;
     }
+    let events_prefix = match module {
+        Some(m) => format!("devices/{device_id}/modules/{m}/messages/events/"),
+        None => format!("devices/{device_id}/messages/events/"),
+    };
+    // A packet read while batching telemetry, handled next.
+    let mut pending: Option<Packet> = None;
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let token_left = expiry.map(|e| {
@@ -393,6 +399,9 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 
     let reason = loop {
         let read = async {
+            if let Some(p) = pending.take() {
+                return Some(Ok(Some(p)));
+            }
             match keep_alive {
                 Some(limit) => tokio::time::timeout(limit, conn.read_packet()).await.ok(),
                 None => Some(conn.read_packet().await),
@@ -495,19 +504,63 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                             warn!(error = %e, "cannot record activity");
                         }
                     }
-                    match handle_publish(ctx, &hub, device_id, module, &p).await {
-                        Err(reason) => break reason,
-                        Ok(reply) => {
-                            let acked = match (p.qos, p.packet_id) {
-                                (QoS::AtLeastOnce, Some(id)) => {
-                                    conn.write_packet(&Packet::PubAck(id)).await
+                    if p.topic.starts_with(&events_prefix) {
+                        // This message and the telemetry already buffered behind it are stored
+                        // together (one group commit) and acknowledged in one write.
+                        let mut batch = vec![p];
+                        while batch.len() < MAX_BATCH {
+                            match conn.next_buffered() {
+                                Ok(Some(Packet::Publish(q)))
+                                    if q.qos != QoS::ExactlyOnce
+                                        && q.topic.starts_with(&events_prefix) =>
+                                {
+                                    batch.push(q);
                                 }
-                                _ => Ok(()),
-                            };
-                            match (acked, reply) {
-                                (Err(e), _) => Err(e),
-                                (Ok(()), Some((topic, body))) => publish(conn, topic, body).await,
-                                (Ok(()), None) => Ok(()),
+                                Ok(Some(other)) => {
+                                    pending = Some(other);
+                                    break;
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    warn!(error = %e, "protocol error");
+                                    pending = None;
+                                    break;
+                                }
+                            }
+                        }
+                        if let Err(reason) =
+                            store_telemetry(ctx, &hub, device_id, module, &events_prefix, &batch)
+                                .await
+                        {
+                            break reason;
+                        }
+                        let mut queued = Ok(());
+                        for q in &batch {
+                            if let (QoS::AtLeastOnce, Some(id)) = (q.qos, q.packet_id) {
+                                queued = queued.and(conn.queue(&Packet::PubAck(id)));
+                            }
+                        }
+                        match queued {
+                            Ok(()) => conn.flush().await,
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        match handle_publish(ctx, &hub, device_id, module, &p).await {
+                            Err(reason) => break reason,
+                            Ok(reply) => {
+                                let acked = match (p.qos, p.packet_id) {
+                                    (QoS::AtLeastOnce, Some(id)) => {
+                                        conn.write_packet(&Packet::PubAck(id)).await
+                                    }
+                                    _ => Ok(()),
+                                };
+                                match (acked, reply) {
+                                    (Err(e), _) => Err(e),
+                                    (Ok(()), Some((topic, body))) => {
+                                        publish(conn, topic, body).await
+                                    }
+                                    (Ok(()), None) => Ok(()),
+                                }
                             }
                         }
                     }
@@ -643,7 +696,45 @@ fn twin_error(rid: &str, status: u16, code: u32, message: &str) -> (String, Vec<
     )
 }
 
-/// Handle a device publish; `Err(reason)` closes the connection.
+/// Telemetry messages handled (stored and acknowledged) together at most.
+const MAX_BATCH: usize = 64;
+
+/// Store a batch of telemetry messages durably (concurrently, so one group commit can take
+/// them all); `Err(reason)` closes the connection without acknowledging any.
+async fn store_telemetry(
+    ctx: &Context,
+    hub: &str,
+    device_id: &str,
+    module_id: Option<&str>,
+    prefix: &str,
+    batch: &[Publish],
+) -> Result<(), &'static str> {
+    let mut appends = Vec::with_capacity(batch.len());
+    for p in batch {
+        if p.payload.len() > MAX_TELEMETRY {
+            warn!(
+                size = p.payload.len(),
+                "telemetry message over 256 KB; closing"
+            );
+            return Err("telemetry message too large");
+        }
+        let bag = p.topic.strip_prefix(prefix).unwrap_or_default();
+        appends.push(
+            ctx.events
+                .append(telemetry_event(hub, device_id, module_id, bag, p)),
+        );
+    }
+    for result in futures_util::future::join_all(appends).await {
+        if let Err(e) = result {
+            warn!(error = %e, "telemetry could not be stored; closing without acknowledging");
+            return Err("event log unavailable");
+        }
+    }
+    Ok(())
+}
+
+/// Handle a device publish other than telemetry (twin requests, method answers);
+/// `Err(reason)` closes the connection.
 async fn handle_publish(
     ctx: &Context,
     hub: &str,
@@ -727,28 +818,6 @@ async fn handle_publish(
             debug!(rid, "method response for no waiting call (timed out?)");
         }
         return Ok(None);
-    }
-    let events_prefix = match module_id {
-        Some(m) => format!("devices/{device_id}/modules/{m}/messages/events/"),
-        None => format!("devices/{device_id}/messages/events/"),
-    };
-    if let Some(bag) = p.topic.strip_prefix(&events_prefix) {
-        if p.payload.len() > MAX_TELEMETRY {
-            warn!(
-                size = p.payload.len(),
-                "telemetry message over 256 KB; closing"
-            );
-            return Err("telemetry message too large");
-        }
-        let event = telemetry_event(hub, device_id, module_id, bag, p);
-        return match ctx.events.append(event).await {
-            // Acknowledged (by the caller's PUBACK) only now that it is durable.
-            Ok(_) => Ok(None),
-            Err(e) => {
-                warn!(error = %e, "telemetry could not be stored; closing without acknowledging");
-                Err("event log unavailable")
-            }
-        };
     }
     warn!(
         topic = p.topic,
