@@ -24,8 +24,9 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x509_devices_register_over_mqtt_and_https() {
-    // The server's default retry-after (1 s) is honoured between register and poll.
-    let server = TestServer::start_with(|_| {}).await;
+    // Azure's flow (202 assigning, then poll): the server's retry-after (1 s) is honoured
+    // between register and poll.
+    let server = TestServer::start_with(|c| c.dps.immediate_result = false).await;
     let pki = Pki::new();
     server.x509_group(&pki).await;
 
@@ -88,6 +89,23 @@ async fn x509_devices_register_over_mqtt_and_https() {
         (reg.assigned_hub.as_str(), reg.device_id.as_str()),
         ("localhost", "device-2")
     );
+    // muster's default answers an assigned registration at once: no retry-after (1 s) wait.
+    let fast = TestServer::start_with(|_| {}).await;
+    fast.x509_group(&pki).await;
+    let id = Identity::from_pem_files(&cert, Some(&key)).unwrap();
+    for transport in [Transport::Mqtt, Transport::Https] {
+        let started = Instant::now();
+        let reg = fast
+            .register(DpsCredentials::X509(id.clone()), transport)
+            .await
+            .unwrap();
+        assert_eq!(reg.device_id, "device-2");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{transport:?} took {:?}",
+            started.elapsed()
+        );
+    }
     assert_eq!(reg.payload, None);
 
     // PKCS#12, over HTTPS.
@@ -334,7 +352,11 @@ async fn throttled_registrations_wait_and_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_bounds_a_registration() {
     // A server that never answers the poll within the deadline: retry-after 5 s vs 1 s.
-    let server = TestServer::start_with(|c| c.dps.retry_after = 5).await;
+    let server = TestServer::start_with(|c| {
+        c.dps.retry_after = 5;
+        c.dps.immediate_result = false;
+    })
+    .await;
     let group_key = server.symmetric_group().await;
     let mut options = server.provisioning(
         DpsCredentials::from_group_key("slow-1", &group_key).unwrap(),
