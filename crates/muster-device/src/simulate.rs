@@ -5,9 +5,10 @@
 //! "latitude", "longitude"}` with the application property `temperatureAlert` = `"true"` when
 //! the temperature is above 30 °C. `telemetryDelay` comes from the twin's desired properties,
 //! at start and on every change (a string or a number); the value in effect is reported back
-//! as a number. An invalid value keeps the previous one and is reported as such. Direct
-//! methods are answered with 501 (the lab's device implements none) and cloud-to-device
-//! messages are shown.
+//! as a number. An invalid value keeps the previous one and is reported as such. After a
+//! reconnect the twin is read again, so a change made while the device was away (desired
+//! patches are not queued) is not missed. Direct methods are answered with 501 (the lab's
+//! device implements none) and cloud-to-device messages are shown.
 //!
 //! [`run`] does the work and tells the caller what happens through [`SimEvent`]s, so a CLI can
 //! print them as text or JSON and a test can watch them.
@@ -356,7 +357,7 @@ pub async fn run(
 
     // Sends and reports run beside the loop, which stays free to see a refusal or a stop
     // while the hub is unreachable; their outcomes come back here.
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<SimEvent>();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let mut sending = false;
     tokio::pin!(stop);
     let mut last_sent: Option<Instant> = None;
@@ -383,15 +384,33 @@ pub async fn run(
                         Ok(()) => SimEvent::TelemetrySent { timestamp, body, temperature_alert: alert },
                         Err(e) => SimEvent::SendFailed { reason: e.to_string() },
                     };
-                    let _ = done.send(event);
+                    let _ = done.send(Done::Event(event));
                 });
             }
-            Some(event) = done_rx.recv() => {
-                if matches!(event, SimEvent::TelemetrySent { .. } | SimEvent::SendFailed { .. }) {
-                    sending = false;
+            Some(done) = done_rx.recv() => match done {
+                Done::Event(event) => {
+                    if matches!(event, SimEvent::TelemetrySent { .. } | SimEvent::SendFailed { .. }) {
+                        sending = false;
+                    }
+                    on_event(event);
                 }
-                on_event(event);
-            }
+                // The twin as it is after a reconnect: a change made while the device was away
+                // (desired patches are not queued) takes effect now.
+                Done::Twin(desired) => {
+                    if let Some(v) = desired.get("telemetryDelay")
+                        && let Ok(d) = parse_delay(v)
+                        && (d - delay).abs() > f64::EPSILON
+                    {
+                        delay = d;
+                        on_event(SimEvent::DelayChanged {
+                            version: desired.get("$version").and_then(Value::as_u64),
+                            value: v.clone(),
+                            telemetry_delay: d,
+                        });
+                        spawn_report(&client, &done_tx, d);
+                    }
+                }
+            },
             event = events.recv() => match event {
                 None => break Err(Error::Closed),
                 Some(HubEvent::Refused { code }) => {
@@ -409,15 +428,7 @@ pub async fn run(
                                     value: v.clone(),
                                     telemetry_delay: d,
                                 });
-                                let patch = json!({"telemetryDelay": delay_json(d)});
-                                let (client, done) = (client.clone(), done_tx.clone());
-                                tokio::spawn(async move {
-                                    let event = match client.patch_reported(&patch).await {
-                                        Ok(version) => SimEvent::Reported { patch, version },
-                                        Err(e) => SimEvent::ReportFailed { patch, reason: e.to_string() },
-                                    };
-                                    let _ = done.send(event);
-                                });
+                                spawn_report(&client, &done_tx, d);
                             }
                             Err(reason) => on_event(SimEvent::DelayRejected {
                                 version,
@@ -452,6 +463,13 @@ pub async fn run(
                             device_id: registration.device_id.clone(),
                             session_present,
                         });
+                        // Read the twin again, as the SDKs do after a reconnect.
+                        let (client, done) = (client.clone(), done_tx.clone());
+                        tokio::spawn(async move {
+                            if let Ok(twin) = client.get_twin().await {
+                                let _ = done.send(Done::Twin(twin.desired));
+                            }
+                        });
                     }
                     first_connected_seen = true;
                 }
@@ -464,6 +482,31 @@ pub async fn run(
     // Stopping (Ctrl-C, or a refusal) does not wait for a hub that may not answer.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
     result
+}
+
+/// What the side tasks report back to the loop.
+#[derive(Debug)]
+enum Done {
+    /// An event to show (a send or a report finished).
+    Event(SimEvent),
+    /// The desired properties read after a reconnect.
+    Twin(Value),
+}
+
+/// Report `delay` as the `telemetryDelay` in effect, beside the loop.
+fn spawn_report(client: &HubClient, done: &tokio::sync::mpsc::UnboundedSender<Done>, delay: f64) {
+    let patch = json!({"telemetryDelay": delay_json(delay)});
+    let (client, done) = (client.clone(), done.clone());
+    tokio::spawn(async move {
+        let event = match client.patch_reported(&patch).await {
+            Ok(version) => SimEvent::Reported { patch, version },
+            Err(e) => SimEvent::ReportFailed {
+                patch,
+                reason: e.to_string(),
+            },
+        };
+        let _ = done.send(Done::Event(event));
+    });
 }
 
 #[cfg(test)]
