@@ -249,7 +249,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Print JSON or the table form.
 pub(crate) fn print(output: crate::cli::Output, value: &Value, table: impl FnOnce(&Value)) {
     match output {
-        crate::cli::Output::Json => println!(
+        crate::cli::Output::Json => out!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),

@@ -187,21 +187,21 @@ fn create_root_and_intermediate(
             },
         })),
         Output::Table => {
-            println!(
+            out!(
                 "Created a root CA and an intermediate CA ({}) in {}",
                 algorithm.name(),
                 dir.display()
             );
             print_created("root CA", &root_pem, root.certificate(), now);
             print_created("intermediate CA", &inter_pem, &inter.certificate, now);
-            println!("  {:<16} {}", "CA chain", chain.display());
-            println!(
+            out!("  {:<16} {}", "CA chain", chain.display());
+            out!(
                 "  {:<16} {}, {} (mode 0600: keep them secret)",
                 "private keys",
                 root_key.display(),
                 inter_key.display()
             );
-            println!("\nNext: {next}");
+            out!("\nNext: {next}");
         }
     }
     Ok(())
@@ -258,12 +258,12 @@ fn create_verification_cert(
             "files": { "certificate": cert_path, "key": key_path },
         })),
         Output::Table => {
-            println!(
+            out!(
                 "Created the verification certificate for code {code}, signed by {}",
                 issuer.certificate().subject()
             );
             print_created("verification", &cert_path, &verification.certificate, now);
-            println!("\nNext: {next}");
+            out!("\nNext: {next}");
         }
     }
     Ok(())
@@ -336,24 +336,24 @@ fn create_device_cert(
             },
         })),
         Output::Table => {
-            println!(
+            out!(
                 "Created the device certificate for '{id}', signed by {}",
                 issuer.certificate().subject()
             );
             if not_after < wanted_until {
-                println!("  note: validity shortened to end with the issuing CA's");
+                out!("  note: validity shortened to end with the issuing CA's");
             }
             print_created("device", &cert_path, &device.certificate, now);
-            println!("  {:<16} {} (mode 0600)", "private key", key_path.display());
+            out!("  {:<16} {} (mode 0600)", "private key", key_path.display());
             if password.is_some() {
-                println!(
+                out!(
                     "  {:<16} {} (mode 0600, password from ${})",
                     "PKCS#12",
                     pfx_path.display(),
                     pfx_password_env.unwrap_or_default()
                 );
             }
-            println!("\nNext: {next}");
+            out!("\nNext: {next}");
         }
     }
     Ok(())
@@ -418,7 +418,7 @@ fn show(
             }));
         }
         Output::Table => {
-            println!(
+            out!(
                 "{} ({}, {} certificate{}, {})",
                 path.display(),
                 bundle.format,
@@ -435,18 +435,18 @@ fn show(
                 }
             );
             for (i, cert) in bundle.certificates.iter().enumerate() {
-                println!();
+                out!();
                 print_certificate(i + 1, cert, now);
             }
             if let Some((trust, result)) = &verdict {
-                println!();
+                out!();
                 match result {
-                    Ok(path) => println!(
+                    Ok(path) => out!(
                         "chain: valid against {}\n  {}",
                         trust.display(),
                         path.join("\n  -> ")
                     ),
-                    Err(e) => println!("chain: NOT valid against {}: {e}", trust.display()),
+                    Err(e) => out!("chain: NOT valid against {}: {e}", trust.display()),
                 }
             }
         }
@@ -571,14 +571,14 @@ fn expiry_text(cert: &Certificate, now: OffsetDateTime) -> String {
 }
 
 fn print_created(label: &str, path: &Path, cert: &Certificate, now: OffsetDateTime) {
-    println!("  {label:<16} {}  {}", path.display(), cert.subject());
-    println!(
+    out!("  {label:<16} {}  {}", path.display(), cert.subject());
+    out!(
         "  {:<16} expires {} ({})",
         "",
         day(cert.not_after()),
         expiry_text(cert, now)
     );
-    println!("  {:<16} SHA-256 {}", "", cert.sha256_thumbprint());
+    out!("  {:<16} SHA-256 {}", "", cert.sha256_thumbprint());
 }
 
 fn print_certificate(n: usize, cert: &Certificate, now: OffsetDateTime) {
@@ -611,22 +611,22 @@ fn print_certificate(n: usize, cert: &Certificate, now: OffsetDateTime) {
             }
         )
     };
-    println!("[{n}] {}", cert.subject());
-    println!("    {:<10} {}", "issuer", cert.issuer());
-    println!("    {:<10} {kind}", "kind");
-    println!("    {:<10} {}", "key", cert.key_algorithm());
-    println!("    {:<10} {}", "serial", cert.serial());
-    println!(
+    out!("[{n}] {}", cert.subject());
+    out!("    {:<10} {}", "issuer", cert.issuer());
+    out!("    {:<10} {kind}", "kind");
+    out!("    {:<10} {}", "key", cert.key_algorithm());
+    out!("    {:<10} {}", "serial", cert.serial());
+    out!(
         "    {:<10} {} to {} ({})",
         "valid",
         day(cert.not_before()),
         day(cert.not_after()),
         expiry_text(cert, now)
     );
-    println!("    {:<10} {}", "SHA-1", cert.sha1_thumbprint());
-    println!("    {:<10} {}", "SHA-256", cert.sha256_thumbprint());
+    out!("    {:<10} {}", "SHA-1", cert.sha1_thumbprint());
+    out!("    {:<10} {}", "SHA-256", cert.sha256_thumbprint());
     if !cert.subject_alt_names().is_empty() {
-        println!("    {:<10} {}", "SANs", cert.subject_alt_names().join(", "));
+        out!("    {:<10} {}", "SANs", cert.subject_alt_names().join(", "));
     }
 }
 
@@ -659,7 +659,7 @@ fn describe_file(cert: &Certificate, path: &Path, now: OffsetDateTime) -> Value 
 }
 
 fn print_json(v: &Value) {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );

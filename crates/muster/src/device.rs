@@ -1,7 +1,6 @@
 //! `muster device simulate`: wiring from flags to `muster_device::simulate`, and the console
 //! output of the lab's device (text lines, or one JSON object per line with `--output json`).
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -456,9 +455,7 @@ impl Printer {
 
 /// Print a line and flush, so a pipe sees each event as it happens.
 fn line(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
+    crate::write_out(format_args!("{text}"));
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {

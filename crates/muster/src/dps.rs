@@ -32,7 +32,7 @@ pub(crate) fn run(
 }
 
 fn cert_row(c: &Value) {
-    println!(
+    out!(
         "{:<24} {:<9} {:<42} {}",
         s(c, "/name"),
         if c.pointer("/properties/isVerified")
@@ -78,7 +78,7 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
             print(output, &r, |r| {
                 cert_row(r);
                 if !verified {
-                    println!(
+                    out!(
                         "\nNext: prove possession of its key:\n  muster dps certificate verify --name {name} --ca-key <KEY FILE>\nor in two steps with `generate-verification-code` and `muster certs create-verification-cert <CODE>`."
                     );
                 }
@@ -110,7 +110,7 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
             let r = api.get(&format!("/certificates/{}", seg(&name))).await?;
             print(output, &r, |r| {
                 cert_row(r);
-                println!(
+                out!(
                     "  expires {}  etag {}",
                     s(r, "/properties/expiry"),
                     s(r, "/etag")
@@ -119,7 +119,7 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
                     .pointer("/properties/verificationCode")
                     .and_then(Value::as_str)
                 {
-                    println!("  verification code {code}");
+                    out!("  verification code {code}");
                 }
             });
         }
@@ -132,18 +132,18 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
             )
             .await?;
             if output == Output::Table {
-                println!("Deleted CA certificate '{name}'.");
+                out!("Deleted CA certificate '{name}'.");
             }
         }
         CertificateCommand::GenerateVerificationCode { name, etag } => {
             let r = generate_code(api, &name, etag).await?;
             print(output, &r, |r| {
-                println!(
+                out!(
                     "verification code  {}",
                     s(r, "/properties/verificationCode")
                 );
-                println!("etag               {}", s(r, "/etag"));
-                println!(
+                out!("etag               {}", s(r, "/etag"));
+                out!(
                     "\nNext: sign it with the CA's key and upload the result:\n  muster certs create-verification-cert {}\n  muster dps certificate verify --name {name} --path certs/verification-code.pem",
                     s(r, "/properties/verificationCode")
                 );
@@ -213,7 +213,7 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
                 .body;
             print(output, &r, |r| {
                 cert_row(r);
-                println!(
+                out!(
                     "\nNext: create an enrollment group that trusts it:\n  muster dps enrollment-group create --enrollment-id <GROUP> --ca-name {name}"
                 );
             });
@@ -313,7 +313,7 @@ fn group_row(g: &Value) {
     } else {
         "group key".to_owned()
     };
-    println!(
+    out!(
         "{:<24} {:<9} {:<13} {:<8} {}",
         s(g, "/enrollmentGroupId"),
         s(g, "/provisioningStatus"),
@@ -370,11 +370,11 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
             print(output, &r, |r| {
                 group_row(r);
                 if s(r, "/attestation/type") == "x509" {
-                    println!(
+                    out!(
                         "\nNext: create a device certificate under its CA and run the device:\n  muster certs create-device-cert <DEVICE_ID>"
                     );
                 } else {
-                    println!(
+                    out!(
                         "\nNext: read the group key with `muster dps enrollment-group show --enrollment-id {} --show-keys`;\neach device signs with base64(HMAC-SHA256(groupKey, registrationId)).",
                         s(r, "/enrollmentGroupId")
                     );
@@ -450,19 +450,19 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
             }
             print(output, &r, |r| {
                 group_row(r);
-                println!(
+                out!(
                     "  initial twin  {}",
                     r.get("initialTwin")
                         .map(ToString::to_string)
                         .unwrap_or_default()
                 );
-                println!(
+                out!(
                     "  reprovision   {}",
                     r.get("reprovisionPolicy")
                         .map(ToString::to_string)
                         .unwrap_or_default()
                 );
-                println!(
+                out!(
                     "  hubs          {}",
                     r.get("iotHubs")
                         .map(ToString::to_string)
@@ -473,7 +473,7 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
                         .pointer("/attestation/symmetricKey/primaryKey")
                         .and_then(Value::as_str)
                 {
-                    println!("  primary key   {k}");
+                    out!("  primary key   {k}");
                 }
             });
         }
@@ -490,7 +490,7 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
             )
             .await?;
             if output == Output::Table {
-                println!("Deleted enrollment group '{enrollment_id}'.");
+                out!("Deleted enrollment group '{enrollment_id}'.");
             }
         }
     }
@@ -498,7 +498,7 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
 }
 
 fn enrollment_row(e: &Value) {
-    println!(
+    out!(
         "{:<24} {:<9} {:<13} device {}",
         s(e, "/registrationId"),
         s(e, "/provisioningStatus"),
@@ -604,7 +604,7 @@ async fn enrollment(api: &Api, cmd: EnrollmentCommand, output: Output) -> Result
             )
             .await?;
             if output == Output::Table {
-                println!("Deleted enrollment '{registration_id}'.");
+                out!("Deleted enrollment '{registration_id}'.");
             }
         }
     }
@@ -612,7 +612,7 @@ async fn enrollment(api: &Api, cmd: EnrollmentCommand, output: Output) -> Result
 }
 
 fn registration_row(r: &Value) {
-    println!(
+    out!(
         "{:<24} {:<9} {:<26} {:<24} {}",
         s(r, "/registrationId"),
         s(r, "/status"),
@@ -653,7 +653,7 @@ async fn registration(api: &Api, cmd: RegistrationCommand, output: Output) -> Re
             )
             .await?;
             if output == Output::Table {
-                println!("Deleted registration record '{registration_id}'.");
+                out!("Deleted registration record '{registration_id}'.");
             }
         }
     }

@@ -40,7 +40,7 @@ pub(crate) fn run(
                         if t.get("deviceId").is_some() {
                             twin_table(t);
                         } else {
-                            println!("{t}");
+                            out!("{t}");
                         }
                     }
                 });
@@ -67,7 +67,7 @@ pub(crate) fn run(
                 }
                 api.send_bytes(&format!("/devices/{}/messages/devicebound", seg(&device_id)), data.into_bytes(), &headers).await?;
                 if output == Output::Table {
-                    println!("Queued a cloud-to-device message for '{device_id}'.");
+                    out!("Queued a cloud-to-device message for '{device_id}'.");
                 }
                 Ok(())
             }
@@ -81,8 +81,8 @@ pub(crate) fn run(
                 let body = json!({"methodName": method_name, "payload": payload, "responseTimeoutInSeconds": timeout, "connectTimeoutInSeconds": 0});
                 let r = api.call(Method::POST, &format!("/twins/{}/methods", seg(&device_id)), Some(&body), &[]).await?.body;
                 print(output, &r, |r| {
-                    println!("status   {}", r.get("status").cloned().unwrap_or(Value::Null));
-                    println!("payload  {}", r.get("payload").cloned().unwrap_or(Value::Null));
+                    out!("status   {}", r.get("status").cloned().unwrap_or(Value::Null));
+                    out!("payload  {}", r.get("payload").cloned().unwrap_or(Value::Null));
                 });
                 Ok(())
             }
@@ -107,7 +107,7 @@ pub(crate) fn run(
 }
 
 fn device_row(d: &Value) {
-    println!(
+    out!(
         "{:<28} {:<9} {:<13} {:<13} last activity {}",
         s(d, "/deviceId"),
         s(d, "/status"),
@@ -170,7 +170,7 @@ async fn identity(api: &Api, cmd: DeviceIdentityCommand, output: Output) -> Resu
                     .pointer("/authentication/x509Thumbprint/primaryThumbprint")
                     .and_then(Value::as_str)
                 {
-                    println!("  thumbprint {t}");
+                    out!("  thumbprint {t}");
                 }
             });
         }
@@ -196,7 +196,7 @@ async fn identity(api: &Api, cmd: DeviceIdentityCommand, output: Output) -> Resu
             )
             .await?;
             if output == Output::Table {
-                println!("Deleted device '{device_id}'.");
+                out!("Deleted device '{device_id}'.");
             }
         }
     }
@@ -204,7 +204,7 @@ async fn identity(api: &Api, cmd: DeviceIdentityCommand, output: Output) -> Resu
 }
 
 fn twin_table(t: &Value) {
-    println!(
+    out!(
         "{}  version {}  etag {}",
         s(t, "/deviceId"),
         t.get("version").unwrap_or(&Value::Null),
@@ -215,9 +215,9 @@ fn twin_table(t: &Value) {
         m.remove("$metadata");
         Value::Object(m)
     };
-    println!("  tags      {}", t.get("tags").unwrap_or(&Value::Null));
-    println!("  desired   {}", strip(t.pointer("/properties/desired")));
-    println!("  reported  {}", strip(t.pointer("/properties/reported")));
+    out!("  tags      {}", t.get("tags").unwrap_or(&Value::Null));
+    out!("  desired   {}", strip(t.pointer("/properties/desired")));
+    out!("  reported  {}", strip(t.pointer("/properties/reported")));
 }
 
 async fn twin(api: &Api, cmd: DeviceTwinCommand, output: Output) -> Result<()> {
@@ -315,21 +315,21 @@ async fn monitor(
                 continue;
             };
             match output {
-                Output::Json => println!("{}", event),
+                Output::Json => out!("{}", event),
                 Output::Table => {
-                    println!("event:");
-                    println!("  origin: {}", s(&event, "/deviceId"));
-                    println!("  enqueued: {}", s(&event, "/enqueuedTimeUtc"));
-                    println!(
+                    out!("event:");
+                    out!("  origin: {}", s(&event, "/deviceId"));
+                    out!("  enqueued: {}", s(&event, "/enqueuedTimeUtc"));
+                    out!(
                         "  payload: {}",
                         event.get("body").cloned().unwrap_or(Value::Null)
                     );
                     if properties {
-                        println!(
+                        out!(
                             "  properties: {}",
                             event.get("properties").cloned().unwrap_or(Value::Null)
                         );
-                        println!(
+                        out!(
                             "  system properties: {}",
                             event
                                 .get("systemProperties")

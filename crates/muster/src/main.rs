@@ -18,6 +18,18 @@
     reason = "a command-line tool talks on stdout and stderr"
 )]
 
+/// `println!` that ends the process quietly, as a Unix tool killed by SIGPIPE would (exit code
+/// 141), when whoever reads its output has gone away (`muster … | head -1`), instead of
+/// panicking.
+macro_rules! out {
+    () => {
+        $crate::write_out(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*))
+    };
+}
+
 mod api;
 mod certs;
 mod cli;
@@ -30,6 +42,18 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// Write one line to stdout; see `out!`.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{args}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        std::process::exit(141);
+    }
+}
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

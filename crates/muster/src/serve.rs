@@ -160,37 +160,37 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
 pub(crate) fn info(data_dir: &Path, json: bool) -> Result<()> {
     let info = local_info(data_dir)?;
     if json {
-        println!("{}", serde_json::to_string(&info)?);
+        out!("{}", serde_json::to_string(&info)?);
     } else {
-        println!(
+        out!(
             "ID scope            {}",
             field(&info, "idScope").as_str().unwrap_or_default()
         );
-        println!(
+        out!(
             "provisioning host   {}",
             field(&info, "hostname").as_str().unwrap_or_default()
         );
-        println!(
+        out!(
             "MQTT (devices)      {}:{}",
             field(&info, "bind").as_str().unwrap_or_default(),
             field(&info, "mqttPort")
         );
-        println!(
+        out!(
             "HTTPS (REST)        {}:{}",
             field(&info, "bind").as_str().unwrap_or_default(),
             field(&info, "httpsPort")
         );
-        println!(
+        out!(
             "trust bundle        {}",
             field(&info, "trustBundle").as_str().unwrap_or_default()
         );
-        println!(
+        out!(
             "hub connection      {}",
             field(&info, "hubConnectionString")
                 .as_str()
                 .unwrap_or_default()
         );
-        println!(
+        out!(
             "DPS connection      {}",
             field(&info, "dpsConnectionString")
                 .as_str()

@@ -526,3 +526,25 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     );
     assert!(!d.join("certs/dev2.pem").exists());
 }
+
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_muster"))
+        .args(["certs", "create-root-and-intermediate", "--dir"])
+        .arg(dir.path().join("certs"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command prints (as `muster … | head -1` can).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.code() == Some(141),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
