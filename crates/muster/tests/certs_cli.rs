@@ -530,7 +530,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
 #[test]
 fn a_closed_output_pipe_ends_the_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_muster"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_muster"))
         .args(["certs", "create-root-and-intermediate", "--dir"])
         .arg(dir.path().join("certs"))
         .stdout(std::process::Stdio::piped())
