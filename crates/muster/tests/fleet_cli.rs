@@ -11,70 +11,12 @@
     reason = "a test fails loudly on anything unexpected"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+
+use common::{Server, muster};
 use serde_json::Value;
-
-fn muster() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_muster"))
-}
-
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    info: Value,
-}
-
-impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = muster()
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--mqtt-port", "0", "--https-port", "0"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let endpoint = dir.path().join("data/endpoint.json");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !endpoint.exists() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let out = muster()
-            .args(["info", "--json", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .output()
-            .unwrap();
-        let info = serde_json::from_slice(&out.stdout).unwrap();
-        Self { child, dir, info }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = muster().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "muster {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn path(p: &Path) -> String {
     p.display().to_string()

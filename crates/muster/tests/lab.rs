@@ -16,56 +16,18 @@
     reason = "a test fails loudly on anything unexpected"
 )]
 
+mod common;
+
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{Server, muster};
 use serde_json::{Value, json};
 
-fn muster() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_muster"))
-}
-
-/// A `muster serve` process in a temporary directory.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    info: Value,
-}
-
 impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = muster()
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--mqtt-port", "0", "--https-port", "0"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let endpoint = dir.path().join("data/endpoint.json");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !endpoint.exists() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let out = muster()
-            .args(["info", "--json", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let info = serde_json::from_slice(&out.stdout).unwrap();
-        Self { child, dir, info }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
@@ -119,13 +81,6 @@ impl Server {
             "--output".into(),
             "json".into(),
         ]
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
