@@ -84,26 +84,10 @@ async fn main() {
     let ca = std::fs::read(info["trustBundle"].as_str().unwrap()).unwrap();
     let rest = common::Rest::new(info["hubConnectionString"].as_str().unwrap(), &ca, https);
 
-    let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3600;
     let mut tokens = Vec::with_capacity(devices);
     for i in 0..devices {
         let id = format!("idle-{i:05}");
-        let d = rest
-            .ok(
-                reqwest::Method::PUT,
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-                &[],
-            )
-            .await;
-        let key = muster_auth::Secret::new(
-            d["authentication"]["symmetricKey"]["primaryKey"]
-                .as_str()
-                .unwrap(),
-        );
-        let token =
-            muster_auth::sas::make_token(&format!("localhost/devices/{id}"), &key, None, exp)
-                .unwrap();
+        let token = rest.sas_device(&id).await;
         tokens.push((id, token));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -40,26 +40,10 @@ async fn main() {
         .unwrap()
         .to_owned();
     let rest = common::Rest::new(&cs, &server.ca_pem(), server.running.https_addr);
-    let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3600;
     let mut clients = Vec::with_capacity(devices);
     for i in 0..devices {
         let id = format!("tele-{i:05}");
-        let d = rest
-            .ok(
-                reqwest::Method::PUT,
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-                &[],
-            )
-            .await;
-        let key = muster_auth::Secret::new(
-            d["authentication"]["symmetricKey"]["primaryKey"]
-                .as_str()
-                .unwrap(),
-        );
-        let token =
-            muster_auth::sas::make_token(&format!("localhost/devices/{id}"), &key, None, exp)
-                .unwrap();
+        let token = rest.sas_device(&id).await;
         let dev = Mqtt::connect(
             server.running.mqtt_addr,
             &server.ca_pem(),

@@ -151,6 +151,25 @@ impl Rest {
         }
     }
 
+    /// Create a SAS device `id` and return a one-hour device token for `localhost`.
+    pub async fn sas_device(&self, id: &str) -> String {
+        let d = self
+            .ok(
+                reqwest::Method::PUT,
+                &format!("/devices/{id}"),
+                Some(json!({"deviceId": id})),
+                &[],
+            )
+            .await;
+        let key = muster_auth::Secret::new(
+            d["authentication"]["symmetricKey"]["primaryKey"]
+                .as_str()
+                .unwrap(),
+        );
+        let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3600;
+        muster_auth::sas::make_token(&format!("localhost/devices/{id}"), &key, None, exp).unwrap()
+    }
+
     pub fn token(&self) -> String {
         let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 600;
         muster_auth::sas::make_token(
