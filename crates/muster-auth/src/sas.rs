@@ -147,6 +147,51 @@ impl SasToken {
         })
     }
 
+    /// Check a token addressed to one of this server's host names: not expired, its resource's
+    /// host (port and IPv6 brackets ignored) one of `hosts` (lower case), and — when `path` is
+    /// given — the rest of the resource equal to `path` (case-insensitive, trailing `/`
+    /// ignored). Returns the host the token names. The signature is checked separately, with
+    /// [`SasToken::verify_signature`], once the caller knows which keys apply.
+    ///
+    /// # Errors
+    /// [`SasError::Expired`], [`SasError::WrongResource`].
+    pub fn check_hosted(
+        &self,
+        hosts: &[String],
+        path: Option<&str>,
+        now: u64,
+    ) -> Result<String, SasError> {
+        if self.expiry < now {
+            return Err(SasError::Expired {
+                expiry: self.expiry,
+                now,
+            });
+        }
+        let resource = self.resource.to_ascii_lowercase();
+        let (host, rest) = resource.split_once('/').unwrap_or((resource.as_str(), ""));
+        let host = host
+            .rsplit_once(':')
+            .filter(|(h, p)| {
+                !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':')
+            })
+            .map_or(host, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let path_ok = path.is_none_or(|p| {
+            rest.trim_end_matches('/') == p.trim_end_matches('/').to_ascii_lowercase()
+        });
+        if hosts.iter().any(|h| h == host) && path_ok {
+            return Ok(host.to_owned());
+        }
+        let expected = match path {
+            Some(p) => format!("{{this server}}/{p}"),
+            None => "one of this server's host names".to_owned(),
+        };
+        Err(SasError::WrongResource {
+            found: self.resource.clone(),
+            expected,
+        })
+    }
+
     /// Verify the signature with any of `keys` (constant-time per key); returns the index of the
     /// key that matched.
     ///

@@ -43,6 +43,9 @@ pub enum DpsError {
     /// Storage failed.
     #[error("internal storage error")]
     Store(#[source] StoreError),
+    /// The hub could not store the assigned device.
+    #[error(transparent)]
+    Hub(#[from] crate::assign::AssignError),
 }
 
 impl From<StoreError> for DpsError {
@@ -68,7 +71,7 @@ impl DpsError {
             Self::Conflict(_) => 409,
             Self::PreconditionFailed => 412,
             Self::Throttled { .. } => 429,
-            Self::Store(_) => 500,
+            Self::Store(_) | Self::Hub(_) => 500,
         }
     }
 
@@ -83,7 +86,7 @@ impl DpsError {
             Self::Conflict(_) => 409_201,
             Self::PreconditionFailed => 412_002,
             Self::Throttled { .. } => 429_001,
-            Self::Store(_) => 500_000,
+            Self::Store(_) | Self::Hub(_) => 500_000,
         }
     }
 
@@ -92,7 +95,7 @@ impl DpsError {
     pub fn public_message(&self) -> String {
         match self {
             Self::Unauthorized { .. } => "Unauthorized".to_owned(),
-            Self::Store(_) => "Internal server error".to_owned(),
+            Self::Store(_) | Self::Hub(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         }
     }

@@ -12,11 +12,13 @@
 //! - [`ca`]: CA certificates: upload, verification code, proof of possession.
 //! - [`enrollment`]: validation and storage of groups and individual enrollments.
 //! - [`custom`]: the custom-allocation webhook contract ([`custom::CustomAllocator`]).
-//! - [`registration`]: attestation, allocation and the writes that provision a device.
+//! - [`registration`]: attestation, allocation, re-provisioning and registration records.
+//! - [`assign`]: the [`assign::HubRegistry`] seam through which an assigned device is created in
+//!   its hub; the server's wiring implements it, so this crate never touches hub storage.
 //!
-//! The device-identity and twin documents provisioning writes come from `muster_hub::docs`,
-//! and timestamps from `muster_hub::time_fmt` (re-exported here as [`time_fmt`]).
+//! Timestamps use `muster_types::time_fmt` (re-exported here as [`time_fmt`]).
 
+pub mod assign;
 pub mod ca;
 pub mod custom;
 pub mod enrollment;
@@ -27,8 +29,8 @@ pub mod registration;
 use std::sync::Arc;
 
 pub use error::DpsError;
-pub use muster_hub::time_fmt;
 use muster_store::Store;
+pub use muster_types::time_fmt;
 use time::OffsetDateTime;
 
 /// A logical IoT hub this server hosts.
@@ -59,6 +61,7 @@ pub struct Dps {
     config: Arc<DpsConfig>,
     clock: Clock,
     allocator: Option<Arc<dyn custom::CustomAllocator>>,
+    hubs: Arc<dyn assign::HubRegistry>,
 }
 
 impl std::fmt::Debug for Dps {
@@ -70,20 +73,30 @@ impl std::fmt::Debug for Dps {
 }
 
 impl Dps {
-    /// A service over `store` with the system clock.
+    /// A service over `store` with the system clock, assigning devices through `hubs`.
     #[must_use]
-    pub fn new(store: Arc<dyn Store>, config: DpsConfig) -> Self {
-        Self::with_clock(store, config, Arc::new(OffsetDateTime::now_utc))
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: DpsConfig,
+        hubs: Arc<dyn assign::HubRegistry>,
+    ) -> Self {
+        Self::with_clock(store, config, hubs, Arc::new(OffsetDateTime::now_utc))
     }
 
     /// A service with an injected clock.
     #[must_use]
-    pub fn with_clock(store: Arc<dyn Store>, config: DpsConfig, clock: Clock) -> Self {
+    pub fn with_clock(
+        store: Arc<dyn Store>,
+        config: DpsConfig,
+        hubs: Arc<dyn assign::HubRegistry>,
+        clock: Clock,
+    ) -> Self {
         Self {
             store,
             config: Arc::new(config),
             clock,
             allocator: None,
+            hubs,
         }
     }
 
@@ -127,16 +140,7 @@ pub struct Page<T> {
 /// # Errors
 /// [`DpsError::InvalidInput`].
 pub fn check_id(what: &str, id: &str) -> Result<(), DpsError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(DpsError::InvalidInput(format!(
-            "invalid {what} '{id}': use 1 to 128 letters, digits, '-', '.', '_' or ':'"
-        )))
-    }
+    muster_types::RegistrationId::new(id)
+        .map(|_| ())
+        .map_err(|e| DpsError::InvalidInput(e.to_string().replacen("registration id", what, 1)))
 }

@@ -9,17 +9,17 @@
 use muster_auth::Secret;
 use muster_auth::sas::{SasToken, derive_device_key};
 use muster_pki::{Certificate, ChainOptions, Usage, validate_chain};
-use muster_store::{Collection, Precondition, Write};
+use muster_store::{Collection, Precondition};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::assign::{Assignment, DeviceCredential};
 use crate::enrollment::{certificate_info, group_from};
 use crate::model::{
     AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, InitialTwin,
     ProvisioningStatus, RegistrationState, ReprovisionPolicy,
 };
 use crate::{Dps, DpsError, Hub, Page, check_id, time_fmt};
-use muster_hub::docs::{self as hub_docs, DeviceAuth};
 
 /// How the device proved who it is.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +46,7 @@ pub struct RegistrationRequest<'a> {
 /// What attestation found.
 struct Attested {
     source: Source,
-    auth: DeviceAuth,
+    auth: DeviceCredential,
     leaf_info: Option<Value>,
 }
 
@@ -258,7 +258,7 @@ impl Dps {
             )));
         }
         let now = self.now();
-        let auth = DeviceAuth::SelfSigned {
+        let auth = DeviceCredential::X509 {
             sha1: leaf.sha1_thumbprint(),
             sha256: leaf.sha256_thumbprint(),
         };
@@ -426,10 +426,7 @@ impl Dps {
                 .map_err(|err| refuse(format!("SAS for '{registration_id}': {err}")))?;
             return Ok(Attested {
                 source: Source::Individual(Box::new(e)),
-                auth: DeviceAuth::Sas {
-                    primary: primary.expose().to_owned(),
-                    secondary: secondary.expose().to_owned(),
-                },
+                auth: DeviceCredential::SymmetricKey { primary, secondary },
                 leaf_info: None,
             });
         }
@@ -455,10 +452,7 @@ impl Dps {
                 }
                 return Ok(Attested {
                     source: Source::Group(Box::new(g)),
-                    auth: DeviceAuth::Sas {
-                        primary: primary.expose().to_owned(),
-                        secondary: secondary.expose().to_owned(),
-                    },
+                    auth: DeviceCredential::SymmetricKey { primary, secondary },
                     leaf_info: None,
                 });
             }
@@ -536,61 +530,37 @@ impl Dps {
         .to_owned();
 
         let now = self.now();
-        let device_key = hub_docs::key(&hub.hostname, &rules.device_id);
         // The data to migrate lives under the device id the previous registration created.
         let previous_device_id = previous
             .as_ref()
             .and_then(|p| p.device_id.clone())
             .unwrap_or_else(|| rules.device_id.clone());
-        let source_key = moved_from.map(|p| hub_docs::key(&p.hostname, &previous_device_id));
-        let existing_device = self.store.get(Collection::Devices, &device_key).await?;
-        let existing_twin = self.store.get(Collection::Twins, &device_key).await?;
-        let (old_device, old_twin) = match &source_key {
-            Some(k) => (
-                self.store.get(Collection::Devices, k).await?,
-                self.store.get(Collection::Twins, k).await?,
-            ),
-            None => (None, None),
-        };
-
-        let base_device = existing_device
-            .as_ref()
-            .or(old_device.as_ref())
-            .map(|r| &r.body);
-        let device = hub_docs::device(
-            base_device,
-            &rules.device_id,
-            &attested.auth,
-            rules.iot_edge,
-            now,
-        );
         let webhook_twin = decision.as_ref().and_then(|d| d.initial_twin.as_ref());
-        let initial = || match webhook_twin {
-            Some(t) => hub_docs::twin(
-                &rules.device_id,
+        let (initial_tags, initial_desired) = match webhook_twin {
+            Some(t) => (
                 t.get("tags"),
                 t.get("properties").and_then(|p| p.get("desired")),
-                now,
             ),
-            None => hub_docs::twin(
-                &rules.device_id,
+            None => (
                 rules.twin.and_then(|t| t.tags.as_ref()),
                 rules
                     .twin
                     .and_then(|t| t.properties.as_ref())
                     .and_then(|p| p.desired.as_ref()),
-                now,
             ),
         };
-        let twin = if reset {
-            Some(initial())
-        } else if existing_twin.is_some() {
-            None
-        } else if let Some(old) = &old_twin {
-            Some(old.body.clone())
-        } else {
-            Some(initial())
-        };
+        self.hubs
+            .assign(&Assignment {
+                hub: &hub.hostname,
+                device_id: &rules.device_id,
+                credential: &attested.auth,
+                iot_edge: rules.iot_edge,
+                initial_tags,
+                initial_desired,
+                reset_twin: reset,
+                moved_from: moved_from.map(|p| (p.hostname.as_str(), previous_device_id.as_str())),
+            })
+            .await?;
 
         let stamp = time_fmt::azure(now);
         let mut state = RegistrationState {
@@ -619,14 +589,14 @@ impl Dps {
             symmetric_key: None,
         };
         match &attested.auth {
-            DeviceAuth::SelfSigned { .. } => {
+            DeviceCredential::X509 { .. } => {
                 let mut x = json!({"certificateInfo": attested.leaf_info});
                 if let (Some(g), Some(o)) = (rules.group_id, x.as_object_mut()) {
                     o.insert("enrollmentGroupId".into(), json!(g));
                 }
                 state.x509 = Some(x);
             }
-            DeviceAuth::Sas { .. } => {
+            DeviceCredential::SymmetricKey { .. } => {
                 state.symmetric_key = Some(
                     rules
                         .group_id
@@ -635,49 +605,22 @@ impl Dps {
             }
         }
 
-        let hub_index = Some(hub.hostname.to_ascii_lowercase());
-        let mut writes = vec![Write::Put {
-            collection: Collection::Devices,
-            key: device_key.clone(),
-            index: hub_index.clone(),
-            body: device,
-            precondition: existing_device
-                .as_ref()
-                .map_or(Precondition::IfNoneMatch, |r| {
-                    Precondition::IfMatch(r.etag.clone())
-                }),
-        }];
-        if let Some(twin) = twin {
-            writes.push(Write::Put {
-                collection: Collection::Twins,
-                key: device_key,
-                index: hub_index,
-                body: twin,
-                precondition: Precondition::None,
-            });
-        }
-        if let Some(old_key) = source_key {
-            for collection in [Collection::Devices, Collection::Twins] {
-                writes.push(Write::Delete {
-                    collection,
-                    key: old_key.clone(),
-                    precondition: Precondition::None,
-                });
-            }
-        }
         let record_body =
             serde_json::to_value(&state).map_err(|e| DpsError::InvalidInput(e.to_string()))?;
-        writes.push(Write::Put {
-            collection: Collection::Registrations,
-            key: registration_id.to_owned(),
-            index: rules.group_id.map(str::to_owned),
-            body: record_body,
-            precondition: existing.as_ref().map_or(Precondition::IfNoneMatch, |r| {
-                Precondition::IfMatch(r.etag.clone())
-            }),
-        });
-        let etags = match self.store.write_batch(writes).await {
-            Ok(etags) => etags,
+        let written = self
+            .store
+            .put(
+                Collection::Registrations,
+                registration_id,
+                rules.group_id,
+                &record_body,
+                existing.as_ref().map_or(Precondition::IfNoneMatch, |r| {
+                    Precondition::IfMatch(r.etag.clone())
+                }),
+            )
+            .await;
+        let record = match written {
+            Ok(record) => record,
             // A racing registration of the same id changed the state between read and write;
             // `register` provisions once more from the new state.
             Err(
@@ -690,7 +633,7 @@ impl Dps {
             }
             Err(e) => return Err(e.into()),
         };
-        state.etag = etags.last().cloned();
+        state.etag = Some(record.etag);
         Ok(state)
     }
 
@@ -732,13 +675,13 @@ impl Dps {
         });
         if let Some(o) = context.as_object_mut() {
             match &attested.auth {
-                DeviceAuth::SelfSigned { .. } => {
+                DeviceCredential::X509 { .. } => {
                     o.insert(
                         "x509".into(),
                         json!({"certificateInfo": attested.leaf_info}),
                     );
                 }
-                DeviceAuth::Sas { .. } => {
+                DeviceCredential::SymmetricKey { .. } => {
                     o.insert("symmetricKey".into(), json!({}));
                 }
             }

@@ -34,7 +34,10 @@ fn dps_with(hubs: &[(&str, u32)]) -> (Dps, Arc<SqliteStore>) {
             })
             .collect(),
     };
-    (Dps::new(store.clone(), config), store)
+    // Assigned devices go into the hub's registry over the same store, as in the server.
+    let hubs =
+        muster_server::wiring::HubAssigner(muster_hub::registry::Registry::new(store.clone()));
+    (Dps::new(store.clone(), config, Arc::new(hubs)), store)
 }
 
 fn cert(der: &[u8]) -> Certificate {

@@ -5,43 +5,87 @@
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use crate::time_fmt::{self, NEVER};
+use muster_auth::Secret;
+use muster_types::time_fmt::{self, NEVER};
 
-/// How a device authenticates to its hub.
+/// How a device or module authenticates to its hub (the identity's `authentication`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceAuth {
-    /// X.509 leaf pinned by thumbprints (`selfSigned`): primary SHA-1, secondary SHA-256 of the
-    /// same certificate, so either form matches.
+    /// X.509 leaf pinned by thumbprints (`selfSigned`). Provisioning stores the SHA-1
+    /// thumbprint as primary and the SHA-256 one of the same certificate as secondary, so
+    /// either form matches.
     SelfSigned {
-        /// SHA-1 thumbprint.
-        sha1: String,
-        /// SHA-256 thumbprint.
-        sha256: String,
+        /// Primary thumbprint (upper-case hex).
+        primary: Option<String>,
+        /// Secondary thumbprint (upper-case hex).
+        secondary: Option<String>,
     },
-    /// SAS with these keys (`sas`).
+    /// SAS with these keys (`sas`). `Debug` never prints them.
     Sas {
         /// Primary key.
-        primary: String,
+        primary: Secret,
         /// Secondary key.
-        secondary: String,
+        secondary: Secret,
     },
+    /// An X.509 chain to a verified CA, CN = device id (`certificateAuthority`).
+    CertificateAuthority,
+    /// No credentials (`none`): the identity cannot connect.
+    None,
 }
 
 impl DeviceAuth {
+    /// IoT Hub's name of the type: `selfSigned`, `sas`, `certificateAuthority` or `none`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SelfSigned { .. } => "selfSigned",
+            Self::Sas { .. } => "sas",
+            Self::CertificateAuthority => "certificateAuthority",
+            Self::None => "none",
+        }
+    }
+
     /// The `authentication` object.
     #[must_use]
     pub fn to_json(&self) -> Value {
-        match self {
-            Self::SelfSigned { sha1, sha256 } => json!({
-                "symmetricKey": {"primaryKey": null, "secondaryKey": null},
-                "x509Thumbprint": {"primaryThumbprint": sha1, "secondaryThumbprint": sha256},
-                "type": "selfSigned",
-            }),
-            Self::Sas { primary, secondary } => json!({
-                "symmetricKey": {"primaryKey": primary, "secondaryKey": secondary},
-                "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
-                "type": "sas",
-            }),
+        let (keys, thumbs) = match self {
+            Self::SelfSigned { primary, secondary } => (
+                json!({"primaryKey": null, "secondaryKey": null}),
+                json!({"primaryThumbprint": primary, "secondaryThumbprint": secondary}),
+            ),
+            Self::Sas { primary, secondary } => (
+                json!({"primaryKey": primary.expose(), "secondaryKey": secondary.expose()}),
+                json!({"primaryThumbprint": null, "secondaryThumbprint": null}),
+            ),
+            Self::CertificateAuthority | Self::None => (
+                json!({"primaryKey": null, "secondaryKey": null}),
+                json!({"primaryThumbprint": null, "secondaryThumbprint": null}),
+            ),
+        };
+        json!({"symmetricKey": keys, "x509Thumbprint": thumbs, "type": self.kind()})
+    }
+
+    /// Read a stored `authentication` object (an unknown or missing type reads as `sas`, as
+    /// IoT Hub defaults it).
+    #[must_use]
+    pub fn from_json(v: &Value) -> Self {
+        let text = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        match v.get("type").and_then(Value::as_str).unwrap_or("sas") {
+            "selfSigned" => Self::SelfSigned {
+                primary: text("/x509Thumbprint/primaryThumbprint"),
+                secondary: text("/x509Thumbprint/secondaryThumbprint"),
+            },
+            "certificateAuthority" => Self::CertificateAuthority,
+            "none" => Self::None,
+            _ => Self::Sas {
+                primary: Secret::new(text("/symmetricKey/primaryKey").unwrap_or_default()),
+                secondary: Secret::new(text("/symmetricKey/secondaryKey").unwrap_or_default()),
+            },
         }
     }
 }
@@ -74,12 +118,9 @@ pub fn device(
     json!({
         "deviceId": device_id,
         "generationId": format!("63{generation_id}"),
-        "connectionState": "Disconnected",
         "status": "enabled",
         "statusReason": null,
-        "connectionStateUpdatedTime": NEVER,
         "statusUpdatedTime": NEVER,
-        "lastActivityTime": NEVER,
         "cloudToDeviceMessageCount": 0,
         "authentication": auth.to_json(),
         "capabilities": {"iotEdge": iot_edge},

@@ -11,20 +11,15 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::docs;
-use crate::registry::{HubError, Registry, authentication, check_device_id, precondition};
-use crate::time_fmt::{self, NEVER};
+use crate::registry::{
+    HubError, Registry, authentication, check_device_id, check_module_id, precondition,
+};
+use muster_types::time_fmt;
 
 /// The identity id of a module.
 #[must_use]
 pub fn module_identity(device_id: &str, module_id: &str) -> String {
     format!("{device_id}/{module_id}")
-}
-
-fn with_etag(mut body: Value, etag: &str) -> Value {
-    if let Some(o) = body.as_object_mut() {
-        o.insert("etag".into(), json!(etag));
-    }
-    body
 }
 
 impl Registry {
@@ -42,8 +37,7 @@ impl Registry {
         if_match: Option<&str>,
     ) -> Result<Value, HubError> {
         check_device_id(device_id)?;
-        check_device_id(module_id)
-            .map_err(|_| HubError::InvalidInput(format!("invalid module id '{module_id}'")))?;
+        check_module_id(module_id)?;
         for (field, expected) in [("deviceId", device_id), ("moduleId", module_id)] {
             if let Some(claimed) = body.get(field).and_then(Value::as_str)
                 && claimed != expected
@@ -63,6 +57,7 @@ impl Registry {
         }
         let id = module_identity(device_id, module_id);
         let key = docs::key(hub, &id);
+        let key_for_view = key.clone();
         let existing = self.store.get(Collection::Modules, &key).await?;
         let auth = authentication(body)?;
         let pre = precondition(if_match);
@@ -89,9 +84,6 @@ impl Registry {
                         "moduleId": module_id,
                         "managedBy": body.get("managedBy").cloned().unwrap_or(Value::Null),
                         "generationId": format!("63{generation}"),
-                        "connectionState": "Disconnected",
-                        "connectionStateUpdatedTime": NEVER,
-                        "lastActivityTime": NEVER,
                         "cloudToDeviceMessageCount": 0,
                         "authentication": auth,
                     }),
@@ -131,7 +123,14 @@ impl Registry {
             created = existing.is_none(),
             "module identity stored"
         );
-        Ok(with_etag(doc, etags.first().map_or("", String::as_str)))
+        let etag = etags.first().cloned().unwrap_or_default();
+        self.view(muster_store::Record {
+            key: key_for_view,
+            index: None,
+            body: doc,
+            etag,
+        })
+        .await
     }
 
     /// One module.
@@ -150,7 +149,7 @@ impl Registry {
             .get(Collection::Modules, &docs::key(hub, &id))
             .await?
             .ok_or(HubError::ModuleNotFound(id))?;
-        Ok(with_etag(r.body, &r.etag))
+        self.view(r).await
     }
 
     /// A device's modules, by id.
@@ -167,13 +166,15 @@ impl Registry {
         {
             return Err(HubError::DeviceNotFound(device_id.to_owned()));
         }
-        Ok(self
+        let records = self
             .store
             .list(Collection::Modules, Some(&device), None, 10_000)
-            .await?
-            .into_iter()
-            .map(|r| with_etag(r.body, &r.etag))
-            .collect())
+            .await?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(self.view(r).await?);
+        }
+        Ok(out)
     }
 
     /// Delete a module, its twin and its session (`If-Match`: etag or `*`).
@@ -206,9 +207,10 @@ impl Registry {
             },
             Write::Delete {
                 collection: Collection::Sessions,
-                key,
+                key: key.clone(),
                 precondition: Precondition::None,
             },
+            crate::activity::forget(&key),
         ];
         match self.store.write_batch(writes).await {
             Ok(_) => {
@@ -243,70 +245,18 @@ impl Registry {
             .list(Collection::Modules, Some(&device), None, 10_000)
             .await?
         {
-            for collection in [Collection::Modules, Collection::Twins, Collection::Sessions] {
+            for collection in [
+                Collection::Modules,
+                Collection::Twins,
+                Collection::Sessions,
+                Collection::Connections,
+            ] {
                 self.store
                     .delete(collection, &r.key, Precondition::None)
                     .await?;
             }
         }
         Ok(())
-    }
-
-    /// After a start: every device or module still marked `Connected` holds no connection
-    /// (the previous process ended without recording the disconnect, e.g. `kill -9`), except
-    /// those `is_live` names (connected since this start). Marks the rest `Disconnected`;
-    /// returns how many.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub async fn reset_stale_connections(
-        &self,
-        is_live: impl Fn(&str) -> bool + Send + Sync,
-    ) -> Result<u64, HubError> {
-        let mut reset = 0;
-        for collection in [Collection::Devices, Collection::Modules] {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .store
-                    .list(collection, None, after.as_deref(), 500)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.key.clone());
-                for r in page {
-                    if r.body.get("connectionState").and_then(Value::as_str) != Some("Connected")
-                        || is_live(&r.key)
-                    {
-                        continue;
-                    }
-                    let mut d = r.body.clone();
-                    if let Some(o) = d.as_object_mut() {
-                        o.insert("connectionState".into(), json!("Disconnected"));
-                        o.insert(
-                            "connectionStateUpdatedTime".into(),
-                            json!(time_fmt::azure(time::OffsetDateTime::now_utc())),
-                        );
-                    }
-                    // A device that connects meanwhile changes the etag: its write wins.
-                    match self
-                        .store
-                        .put(
-                            collection,
-                            &r.key,
-                            r.index.as_deref(),
-                            &d,
-                            Precondition::IfMatch(r.etag.clone()),
-                        )
-                        .await
-                    {
-                        Ok(_) => reset += 1,
-                        Err(StoreError::PreconditionFailed { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        }
-        Ok(reset)
     }
 
     /// The subscriptions saved for a CleanSession=0 session of an identity, if any.
@@ -367,68 +317,5 @@ impl Registry {
             )
             .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    reason = "tests fail loudly"
-)]
-mod tests {
-    use std::sync::Arc;
-
-    use muster_store::sqlite::SqliteStore;
-    use serde_json::json;
-
-    use crate::registry::Registry;
-
-    #[tokio::test]
-    async fn stale_connections_are_reset_but_live_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
-        let registry = Registry::new(store);
-        for id in ["gone", "live", "never"] {
-            registry
-                .put_device("hub", id, &json!({"deviceId": id}), None)
-                .await
-                .unwrap();
-        }
-        registry
-            .put_module("hub", "gone", "m", &json!({}), None)
-            .await
-            .unwrap();
-        for id in ["gone", "live", "gone/m"] {
-            registry
-                .record_activity("hub", id, Some(true))
-                .await
-                .unwrap();
-        }
-        let reset = registry
-            .reset_stale_connections(|key| key == "hub/live")
-            .await
-            .unwrap();
-        assert_eq!(
-            reset, 2,
-            "the device and the module that lost their connection"
-        );
-        let state = |d: serde_json::Value| d["connectionState"].as_str().unwrap().to_owned();
-        assert_eq!(
-            state(registry.get_device("hub", "gone").await.unwrap()),
-            "Disconnected"
-        );
-        assert_eq!(
-            state(registry.get_device("hub", "live").await.unwrap()),
-            "Connected"
-        );
-        assert_eq!(
-            state(registry.get_device("hub", "never").await.unwrap()),
-            "Disconnected"
-        );
-        assert_eq!(
-            state(registry.get_module("hub", "gone", "m").await.unwrap()),
-            "Disconnected"
-        );
     }
 }

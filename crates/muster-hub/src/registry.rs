@@ -14,8 +14,8 @@ use tracing::info;
 
 use crate::docs::{self, DeviceAuth};
 use crate::query::Shape;
-use crate::time_fmt;
 use crate::twin::{self, Limits, Section, TwinError};
+use muster_types::{DeviceId, ModuleId, time_fmt};
 
 /// IoT Hub error categories, with the `ErrorCode` names the service SDKs recognise.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,16 @@ pub enum HubError {
     /// 412 PreconditionFailed.
     #[error("the etag does not match (If-Match precondition failed)")]
     PreconditionFailed,
-    /// 400 for twin rule violations (size, depth, names).
-    #[error("{0}")]
+    /// 400 for twin rule violations (size, depth, names); 413 when too large.
+    #[error(transparent)]
     Twin(#[from] TwinError),
+    /// 412 DeviceMessageLockLost: the lock token of a cloud-to-device message is unknown or
+    /// has expired (the message was delivered again, completed or expired meanwhile).
+    #[error("the lock token of this cloud-to-device message is unknown or has expired")]
+    MessageLockLost,
+    /// 500: the system has no randomness for a new key.
+    #[error("cannot generate a key: the system has no randomness")]
+    NoRandomness,
     /// 500.
     #[error("internal storage error")]
     Store(#[source] StoreError),
@@ -83,8 +90,8 @@ impl HubError {
             Self::GatewayTimeout(_) => 504,
             Self::QueueFull(_) => 403,
             Self::DeviceAlreadyExists(_) | Self::ModuleAlreadyExists(_) => 409,
-            Self::PreconditionFailed => 412,
-            Self::Store(_) => 500,
+            Self::PreconditionFailed | Self::MessageLockLost => 412,
+            Self::Store(_) | Self::NoRandomness => 500,
         }
     }
 
@@ -102,7 +109,8 @@ impl HubError {
             Self::ModuleNotFound(_) => "ModuleNotFound",
             Self::ModuleAlreadyExists(_) => "ModuleAlreadyExistsOnDevice",
             Self::PreconditionFailed => "PreconditionFailed",
-            Self::Store(_) => "ServerError",
+            Self::MessageLockLost => "DeviceMessageLockLost",
+            Self::Store(_) | Self::NoRandomness => "ServerError",
         }
     }
 
@@ -110,7 +118,7 @@ impl HubError {
     #[must_use]
     pub fn public_message(&self) -> String {
         match self {
-            Self::Store(_) => "Internal server error".to_owned(),
+            Self::Store(_) | Self::NoRandomness => "Internal server error".to_owned(),
             other => other.to_string(),
         }
     }
@@ -135,24 +143,20 @@ fn now() -> String {
     time_fmt::azure(time::OffsetDateTime::now_utc())
 }
 
-/// IoT Hub device ids: 1–128 ASCII letters, digits and `- . + % _ # * ? ! ( ) , : = @ $ '`.
+/// Check a device id against IoT Hub's rules ([`muster_types::DeviceId`]).
 ///
 /// # Errors
-/// [`HubError::InvalidInput`].
-pub fn check_device_id(id: &str) -> Result<(), HubError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(HubError::InvalidInput(format!(
-            "invalid device id '{}'",
-            id.chars().take(140).collect::<String>()
-        )))
-    }
+/// [`HubError::InvalidInput`] naming the rule.
+pub fn check_device_id(id: &str) -> Result<DeviceId, HubError> {
+    DeviceId::new(id).map_err(|e| HubError::InvalidInput(e.to_string()))
+}
+
+/// Check a module id against IoT Hub's rules ([`muster_types::ModuleId`]).
+///
+/// # Errors
+/// [`HubError::InvalidInput`] naming the rule.
+pub fn check_module_id(id: &str) -> Result<ModuleId, HubError> {
+    ModuleId::new(id).map_err(|e| HubError::InvalidInput(e.to_string()))
 }
 
 pub(crate) fn precondition(header: Option<&str>) -> Precondition {
@@ -179,18 +183,16 @@ fn thumbprint(v: Option<&Value>) -> Result<Option<String>, HubError> {
     }
 }
 
-fn sas_key(v: Option<&Value>) -> Result<String, HubError> {
+fn sas_key(v: Option<&Value>) -> Result<Secret, HubError> {
     match v.and_then(Value::as_str).filter(|k| !k.is_empty()) {
-        None => Secret::generate()
-            .map(|s| s.expose().to_owned())
-            .map_err(|e| HubError::InvalidInput(e.to_string())),
+        None => Secret::generate().map_err(|_| HubError::NoRandomness),
         Some(k) => {
             let n = base64::engine::general_purpose::STANDARD
                 .decode(k)
                 .map_err(|_| HubError::InvalidInput("symmetric keys must be base64".into()))?
                 .len();
             if (16..=64).contains(&n) {
-                Ok(k.to_owned())
+                Ok(Secret::new(k))
             } else {
                 Err(HubError::InvalidInput(
                     "symmetric keys must be 16 to 64 bytes".into(),
@@ -221,36 +223,31 @@ pub(crate) fn authentication(body: &Value) -> Result<Value, HubError> {
                 "sas".into()
             }
         });
-    match kind.as_str() {
+    let auth = match kind.as_str() {
         "sas" => {
             let keys = auth.get("symmetricKey");
-            Ok(DeviceAuth::Sas {
+            DeviceAuth::Sas {
                 primary: sas_key(keys.and_then(|k| k.get("primaryKey")))?,
                 secondary: sas_key(keys.and_then(|k| k.get("secondaryKey")))?,
             }
-            .to_json())
         }
-        "selfSigned" => {
-            let primary = primary_thumb.ok_or_else(|| {
+        "selfSigned" => DeviceAuth::SelfSigned {
+            primary: Some(primary_thumb.ok_or_else(|| {
                 HubError::InvalidInput(
                     "selfSigned authentication needs x509Thumbprint.primaryThumbprint".into(),
                 )
-            })?;
-            Ok(json!({
-                "symmetricKey": {"primaryKey": null, "secondaryKey": null},
-                "x509Thumbprint": {"primaryThumbprint": primary, "secondaryThumbprint": secondary_thumb},
-                "type": "selfSigned",
-            }))
+            })?),
+            secondary: secondary_thumb,
+        },
+        "certificateAuthority" => DeviceAuth::CertificateAuthority,
+        "none" => DeviceAuth::None,
+        other => {
+            return Err(HubError::InvalidInput(format!(
+                "unknown authentication type '{other}'"
+            )));
         }
-        "certificateAuthority" | "none" => Ok(json!({
-            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
-            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
-            "type": kind,
-        })),
-        other => Err(HubError::InvalidInput(format!(
-            "unknown authentication type '{other}'"
-        ))),
-    }
+    };
+    Ok(auth.to_json())
 }
 
 /// The collection holding an identity: `deviceId` (a device) or `deviceId/moduleId` (a module;
@@ -270,13 +267,6 @@ pub(crate) fn not_found(id: &str) -> HubError {
     } else {
         HubError::DeviceNotFound(id.to_owned())
     }
-}
-
-fn with_etag(mut body: Value, etag: &str) -> Value {
-    if let Some(o) = body.as_object_mut() {
-        o.insert("etag".into(), json!(etag));
-    }
-    body
 }
 
 impl Registry {
@@ -309,6 +299,7 @@ impl Registry {
             ));
         }
         let key = docs::key(hub, id);
+        let key_for_view = key.clone();
         let existing = self.store.get(Collection::Devices, &key).await?;
         let pre = precondition(if_match);
         let status = match body.get("status").and_then(Value::as_str) {
@@ -347,10 +338,7 @@ impl Registry {
                 let mut d = docs::device(
                     None,
                     id,
-                    &DeviceAuth::Sas {
-                        primary: String::new(),
-                        secondary: String::new(),
-                    },
+                    &DeviceAuth::None,
                     iot_edge,
                     time::OffsetDateTime::now_utc(),
                 );
@@ -385,7 +373,14 @@ impl Registry {
             created = existing.is_none(),
             "device identity stored"
         );
-        Ok(with_etag(doc, etags.first().map_or("", String::as_str)))
+        let etag = etags.first().cloned().unwrap_or_default();
+        self.view(muster_store::Record {
+            key: key_for_view,
+            index: None,
+            body: doc,
+            etag,
+        })
+        .await
     }
 
     /// One device.
@@ -398,7 +393,7 @@ impl Registry {
             .get(Collection::Devices, &docs::key(hub, id))
             .await?
             .ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
-        Ok(with_etag(r.body, &r.etag))
+        self.view(r).await
     }
 
     /// Delete a device and its twin.
@@ -429,9 +424,10 @@ impl Registry {
             },
             Write::Delete {
                 collection: Collection::Sessions,
-                key,
+                key: key.clone(),
                 precondition: Precondition::None,
             },
+            crate::activity::forget(&key),
         ];
         match self.store.write_batch(writes).await {
             Ok(_) => {
@@ -444,7 +440,7 @@ impl Registry {
                         Collection::C2dMessages,
                         Some(&queue),
                         None,
-                        MAX_C2D_QUEUE * 4,
+                        crate::c2d::MAX_C2D_QUEUE * 4,
                     )
                     .await?
                 {
@@ -485,10 +481,11 @@ impl Registry {
                 top.clamp(1, 10_000),
             )
             .await?;
-        Ok(records
-            .into_iter()
-            .map(|r| with_etag(r.body, &r.etag))
-            .collect())
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(self.view(r).await?);
+        }
+        Ok(out)
     }
 
     /// Counts for `/statistics/devices`.
@@ -528,11 +525,12 @@ impl Registry {
         id: &str,
     ) -> Result<(muster_store::Record, Value), HubError> {
         let key = docs::key(hub, id);
-        let device = self
+        let record = self
             .store
             .get(identity_collection(id), &key)
             .await?
             .ok_or_else(|| not_found(id))?;
+        let device = self.view(record).await?;
         let twin = match self.store.get(Collection::Twins, &key).await? {
             Some(t) => t,
             None => {
@@ -548,7 +546,7 @@ impl Registry {
                     .await?
             }
         };
-        Ok((twin, device.body))
+        Ok((twin, device))
     }
 
     /// The service view of a twin.
@@ -741,180 +739,10 @@ impl Registry {
     }
 }
 
-/// A cloud-to-device message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct C2dMessage {
-    /// `iothub-messageid`.
-    pub message_id: String,
-    /// `iothub-correlationid`.
-    pub correlation_id: Option<String>,
-    /// `iothub-ack` (full, positive, negative, none).
-    pub ack: Option<String>,
-    /// Expiry, Unix seconds.
-    pub expiry_unix: i64,
-    /// Application properties.
-    pub properties: Vec<(String, String)>,
-    /// Body bytes.
-    pub body: Vec<u8>,
-}
-
-/// Messages a device may have pending.
-pub const MAX_C2D_QUEUE: usize = 50;
-/// Largest C2D body.
-pub const MAX_C2D_SIZE: usize = 64 * 1024;
-
-impl C2dMessage {
-    fn to_json(&self) -> Value {
-        json!({
-            "messageId": self.message_id,
-            "correlationId": self.correlation_id,
-            "ack": self.ack,
-            "expiryUnix": self.expiry_unix,
-            "properties": self.properties.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
-            "body": base64::engine::general_purpose::STANDARD.encode(&self.body),
-        })
-    }
-
-    fn from_json(v: &Value) -> Option<Self> {
-        Some(Self {
-            message_id: v.get("messageId")?.as_str()?.to_owned(),
-            correlation_id: v
-                .get("correlationId")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            ack: v.get("ack").and_then(Value::as_str).map(str::to_owned),
-            expiry_unix: v.get("expiryUnix")?.as_i64()?,
-            properties: v
-                .get("properties")?
-                .as_array()?
-                .iter()
-                .filter_map(|p| {
-                    Some((
-                        p.get(0)?.as_str()?.to_owned(),
-                        p.get(1)?.as_str()?.to_owned(),
-                    ))
-                })
-                .collect(),
-            body: base64::engine::general_purpose::STANDARD
-                .decode(v.get("body")?.as_str()?)
-                .ok()?,
-        })
-    }
-}
-
-impl Registry {
-    /// Queue a cloud-to-device message (durably) for a device.
-    ///
-    /// # Errors
-    /// [`HubError::DeviceNotFound`], [`HubError::InvalidInput`] over 64 KB,
-    /// [`HubError::QueueFull`] with 50 pending.
-    pub async fn enqueue_c2d(
-        &self,
-        hub: &str,
-        id: &str,
-        message: &C2dMessage,
-    ) -> Result<(), HubError> {
-        if message.body.len() > MAX_C2D_SIZE {
-            return Err(HubError::InvalidInput(
-                "cloud-to-device messages are limited to 64 KB".into(),
-            ));
-        }
-        self.get_device(hub, id).await?;
-        let queue = docs::key(hub, id);
-        let pending = self
-            .store
-            .list(
-                Collection::C2dMessages,
-                Some(&queue),
-                None,
-                MAX_C2D_QUEUE + 1,
-            )
-            .await?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let live = pending
-            .iter()
-            .filter(|r| {
-                r.body
-                    .get("expiryUnix")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-                    > now
-            })
-            .count();
-        if live >= MAX_C2D_QUEUE {
-            return Err(HubError::QueueFull(id.to_owned()));
-        }
-        let order = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-        let key = format!("{queue}/{order:024}-{}", docs::random_suffix());
-        self.store
-            .put(
-                Collection::C2dMessages,
-                &key,
-                Some(&queue),
-                &message.to_json(),
-                Precondition::IfNoneMatch,
-            )
-            .await?;
-        info!(
-            hub,
-            device_id = id,
-            message_id = message.message_id,
-            "cloud-to-device message queued"
-        );
-        Ok(())
-    }
-
-    /// Pending, unexpired messages of a device in arrival order, with their storage keys
-    /// (expired ones are removed).
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub async fn pending_c2d(
-        &self,
-        hub: &str,
-        id: &str,
-    ) -> Result<Vec<(String, C2dMessage)>, HubError> {
-        let queue = docs::key(hub, id);
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut out = Vec::new();
-        for r in self
-            .store
-            .list(
-                Collection::C2dMessages,
-                Some(&queue),
-                None,
-                MAX_C2D_QUEUE * 2,
-            )
-            .await?
-        {
-            match C2dMessage::from_json(&r.body) {
-                Some(m) if m.expiry_unix > now => out.push((r.key, m)),
-                _ => {
-                    self.store
-                        .delete(Collection::C2dMessages, &r.key, Precondition::None)
-                        .await?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The device acknowledged a message: remove it.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub async fn complete_c2d(&self, key: &str) -> Result<(), HubError> {
-        self.store
-            .delete(Collection::C2dMessages, key, Precondition::None)
-            .await?;
-        Ok(())
-    }
-}
-
 impl Registry {
     /// Write `body` over `record` unless someone changed it since it was read; `Ok(false)` on
     /// such a lost race (the caller re-reads and retries).
-    async fn write_back(
+    pub(crate) async fn write_back(
         &self,
         collection: Collection,
         hub: &str,
@@ -942,45 +770,6 @@ impl Registry {
             Err(StoreError::PreconditionFailed { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Record a connection change (`connectionState`, `connectionStateUpdatedTime`) or, with
-    /// `connected = None`, only activity (`lastActivityTime`). Lost races are retried; a device
-    /// deleted meanwhile is ignored.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub async fn record_activity(
-        &self,
-        hub: &str,
-        id: &str,
-        connected: Option<bool>,
-    ) -> Result<(), HubError> {
-        let key = docs::key(hub, id);
-        for _ in 0..8 {
-            let Some(record) = self.store.get(identity_collection(id), &key).await? else {
-                return Ok(());
-            };
-            let mut d = record.body.clone();
-            let stamp = now();
-            if let Some(o) = d.as_object_mut() {
-                if let Some(c) = connected {
-                    o.insert(
-                        "connectionState".into(),
-                        json!(if c { "Connected" } else { "Disconnected" }),
-                    );
-                    o.insert("connectionStateUpdatedTime".into(), json!(stamp));
-                }
-                o.insert("lastActivityTime".into(), json!(stamp));
-            }
-            if self
-                .write_back(identity_collection(id), hub, &record, &d)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1016,7 +805,8 @@ impl Registry {
             for d in &devices {
                 let twin = self.store.get(Collection::Twins, &d.key).await?;
                 let (body, etag) = twin.map_or((Value::Null, String::new()), |t| (t.body, t.etag));
-                let view = Self::twin_view(&body, &etag, &with_etag(d.body.clone(), &d.etag));
+                let device = self.view(d.clone()).await?;
+                let view = Self::twin_view(&body, &etag, &device);
                 if !q.selects(&view) {
                     continue;
                 }

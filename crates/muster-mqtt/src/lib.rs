@@ -1,8 +1,9 @@
 //! # muster-mqtt
 //!
 //! A pure, bounded MQTT 3.1.1 codec: bytes in, [`Packet`]s out, and back. No I/O, no clock, no
-//! knowledge of DPS or IoT hubs — the server and test clients own the sockets and the meaning of
-//! topics.
+//! hub or provisioning rules — the server and clients own the sockets and decide what a topic
+//! means; [`iothub`] only spells Azure IoT Hub's topic grammar, so server and device client
+//! share one copy of it.
 //!
 //! # Layout
 //! - [`packet`]: the [`Packet`] enum and its parts ([`Connect`], [`ConnAck`], [`Publish`],
@@ -16,6 +17,7 @@
 //!   refuse.
 //! - [`topic`]: topic filter matching and validation, and Azure IoT property bags
 //!   (`a=1&b=x%20y`).
+//! - [`iothub`]: Azure IoT Hub's device topics (filters, publishes, responses) as data.
 //! - [`error`]: the one [`Error`] type, one loggable line per variant.
 //!
 //! QoS 2 is not supported by muster: a QoS 2 PUBLISH decodes (with [`QoS::ExactlyOnce`]) so the
@@ -24,6 +26,7 @@
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod iothub;
 pub mod packet;
 pub mod topic;
 

@@ -65,7 +65,7 @@ impl Harness {
         config.limits.connect_timeout = Duration::from_millis(200);
         let (ctx, _, state) = crate::build_context(&config).expect("context");
         runtime
-            .block_on(ctx.registry.put_device(
+            .block_on(ctx.hub.put_device(
                 "localhost",
                 DEVICE,
                 &json!({"deviceId": DEVICE, "authentication": {"type": "sas",

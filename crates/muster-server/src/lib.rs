@@ -24,9 +24,9 @@ mod json;
 mod mqtt;
 mod operations;
 mod rest;
-mod sessions;
 pub mod tls;
 mod webhook;
+pub mod wiring;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -50,9 +50,8 @@ use crate::config::{Config, Limits};
 #[derive(Debug)]
 pub struct Context {
     pub(crate) dps: Dps,
-    pub(crate) registry: muster_hub::registry::Registry,
-    /// Host names of the logical hubs, the first being the default.
-    pub(crate) hub_hostnames: Vec<String>,
+    /// The hub core: every hub decision is made there.
+    pub(crate) hub: muster_hub::Hub,
     pub(crate) operations: operations::Operations,
     pub(crate) retry_after: u32,
     /// Answer `assigned` registrations at once.
@@ -61,24 +60,6 @@ pub struct Context {
     pub(crate) limits: Limits,
     pub(crate) id_scope: String,
     pub(crate) state: State,
-    /// The built-in event log (device-to-cloud messages).
-    pub(crate) events: Arc<dyn muster_store::events::EventLog>,
-    /// Connected hub devices and persistent sessions.
-    pub(crate) sessions: sessions::Sessions,
-    /// Lower-case host names and addresses a management token may name.
-    pub(crate) resource_hosts: Vec<String>,
-}
-
-impl Context {
-    /// The logical hub a host name addresses (the default hub for addresses and unknown names).
-    pub(crate) fn hub_for_host(&self, host: &str) -> String {
-        self.hub_hostnames
-            .iter()
-            .find(|h| h.eq_ignore_ascii_case(host))
-            .or_else(|| self.hub_hostnames.first())
-            .cloned()
-            .unwrap_or_default()
-    }
 }
 
 /// Start-up failures.
@@ -198,6 +179,7 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
             id_scope: state.id_scope.clone(),
             hubs,
         },
+        Arc::new(wiring::HubAssigner(registry.clone())),
     )
     .with_allocator(Arc::new(allocator));
     let mut resource_hosts: Vec<String> = bootstrap::server_names(config)
@@ -205,20 +187,23 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
         .map(|h| h.to_ascii_lowercase())
         .collect();
     resource_hosts.push(config.bind.to_string());
+    let hub = muster_hub::Hub::new(
+        registry,
+        events,
+        Arc::new(wiring::DpsCas(dps.clone())),
+        config.hostnames.clone(),
+        resource_hosts,
+    );
     let ctx = Arc::new(Context {
         dps,
-        registry,
-        hub_hostnames: config.hostnames.clone(),
+        hub,
         operations: operations::Operations::default(),
-        sessions: sessions::Sessions::default(),
-        events,
         retry_after: config.dps.retry_after,
         immediate_result: config.dps.immediate_result,
         rate_limit: operations::RateLimit::new(config.dps.rate_limit),
         limits: config.limits.clone(),
         id_scope: state.id_scope.clone(),
         state: state.clone(),
-        resource_hosts,
     });
 
     Ok((ctx, paths, state))
@@ -269,9 +254,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     // Devices marked connected by a previous process hold no connection now.
     let sweep = Arc::clone(&ctx);
     tracker.spawn(async move {
-        match sweep
-            .registry
-            .reset_stale_connections(|key| sweep.sessions.is_connected(key))
+        let hub = &sweep.hub;
+        match hub
+            .registry()
+            .reset_stale_connections(|key| hub.presence().is_connected(key))
             .await
         {
             Ok(0) => {}

@@ -600,10 +600,8 @@ async fn connection_state_follows_the_device() {
     let chain = provisioned(&server, &pki).await;
     let rest = hub_rest(&server);
     let state = |d: Value| d["connectionState"].as_str().unwrap().to_owned();
-    assert_eq!(
-        state(rest.ok(Method::GET, "/devices/device-1", None, &[]).await),
-        "Disconnected"
-    );
+    let before = rest.ok(Method::GET, "/devices/device-1", None, &[]).await;
+    assert_eq!(state(before.clone()), "Disconnected");
     let mut dev = server
         .mqtt(
             "device-1",
@@ -625,6 +623,24 @@ async fn connection_state_follows_the_device() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(last, "Disconnected");
+    // Connecting and disconnecting do not change the identity's etag (as in IoT Hub), so the
+    // service pattern read → change status → PUT with If-Match still succeeds.
+    let after = rest.ok(Method::GET, "/devices/device-1", None, &[]).await;
+    assert_eq!(after["etag"], before["etag"]);
+    let mut disabled = before.clone();
+    disabled["status"] = json!("disabled");
+    let etag = format!("\"{}\"", before["etag"].as_str().unwrap());
+    let (status, _, body) = rest
+        .send(
+            Method::PUT,
+            "/devices/device-1",
+            Some(disabled),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "disabled");
+    assert_eq!(body["connectionState"], "Disconnected");
 }
 
 #[tokio::test]

@@ -59,11 +59,15 @@ pub enum Collection {
     /// Persistent MQTT sessions: the subscriptions of CleanSession=0 clients (key: the
     /// identity's key; index: hub).
     Sessions,
+    /// Connection state and last activity of hub devices and modules, apart from their
+    /// identity documents so identity etags change only on identity writes (key: the
+    /// identity's key; index: hub).
+    Connections,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::CaCertificates,
         Self::EnrollmentGroups,
         Self::Enrollments,
@@ -73,6 +77,7 @@ impl Collection {
         Self::C2dMessages,
         Self::Modules,
         Self::Sessions,
+        Self::Connections,
     ];
 
     /// The stable name used in storage.
@@ -88,6 +93,7 @@ impl Collection {
             Self::C2dMessages => "c2d_messages",
             Self::Modules => "modules",
             Self::Sessions => "sessions",
+            Self::Connections => "connections",
         }
     }
 }

@@ -45,28 +45,15 @@ pub(crate) fn check(
         .policy(name)
         .ok_or_else(|| format!("policy '{name}' is not configured"))?;
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-    if token.expiry() < now {
-        return Err(format!("token expired at {}", token.expiry()));
-    }
-    let resource = token.resource().to_ascii_lowercase();
-    let host = resource.split('/').next().unwrap_or_default();
-    let host = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-        .map_or(host, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if !ctx.resource_hosts.iter().any(|h| h == host) {
-        return Err(format!(
-            "token is for '{}', not this server",
-            token.resource()
-        ));
-    }
+    let host = token
+        .check_hosted(ctx.hub.resource_hosts(), None, now)
+        .map_err(|e| e.to_string())?;
     let primary = Secret::new(policy.primary_key.clone());
     let secondary = Secret::new(policy.secondary_key.clone());
     token
         .verify_signature(&[&primary, &secondary])
         .map_err(|e| e.to_string())?;
-    Ok(host.to_owned())
+    Ok(host)
 }
 
 /// Middleware: the DPS service API needs the `provisioningserviceowner` policy.
@@ -118,13 +105,7 @@ pub(crate) async fn require_hub_policy(
     };
     match check(&ctx, header, allowed) {
         Ok(host) => {
-            let hub = ctx
-                .hub_hostnames
-                .iter()
-                .find(|h| h.eq_ignore_ascii_case(&host))
-                .or_else(|| ctx.hub_hostnames.first())
-                .cloned()
-                .unwrap_or_default();
+            let hub = ctx.hub.hub_for_host(&host);
             req.extensions_mut().insert(HubName(hub));
             next.run(req).await
         }

@@ -72,7 +72,7 @@ async fn stream(
     Extension(hub): Extension<HubName>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, HubApiError> {
-    let log = Arc::clone(&ctx.events);
+    let log = Arc::clone(ctx.hub.events());
     let start = match q.from.as_deref() {
         None | Some("latest") => log.latest(),
         Some("earliest") => 0,
@@ -122,6 +122,6 @@ async fn stream(
 }
 
 fn log_watch(ctx: &Context) -> tokio::sync::watch::Receiver<u64> {
-    let log: &dyn EventLog = ctx.events.as_ref();
+    let log: &dyn EventLog = ctx.hub.events().as_ref();
     log.subscribe()
 }

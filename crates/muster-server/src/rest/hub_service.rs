@@ -9,10 +9,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use muster_hub::methods::MethodCall;
 use muster_hub::registry::HubError;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::auth::HubName;
 use super::if_match;
@@ -125,7 +126,8 @@ async fn list_devices(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     Ok(Json(
-        ctx.registry
+        ctx.hub
+            .registry()
             .list_devices(&hub.0, q.top.unwrap_or(1000))
             .await?,
     )
@@ -137,7 +139,7 @@ async fn get_device(
     Extension(hub): Extension<HubName>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    Ok(etagged(ctx.registry.get_device(&hub.0, &id).await?))
+    Ok(etagged(ctx.hub.registry().get_device(&hub.0, &id).await?))
 }
 
 async fn put_device(
@@ -149,12 +151,9 @@ async fn put_device(
 ) -> ApiResult {
     let body = body_json(&body)?;
     let device = ctx
-        .registry
+        .hub
         .put_device(&hub.0, &id, &body, if_match(&headers).as_deref())
         .await?;
-    if device.get("status").and_then(Value::as_str) == Some("disabled") {
-        ctx.sessions.kick(&muster_hub::docs::key(&hub.0, &id));
-    }
     Ok(etagged(device))
 }
 
@@ -164,10 +163,9 @@ async fn delete_device(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    ctx.registry
+    ctx.hub
         .delete_device(&hub.0, &id, if_match(&headers).as_deref())
         .await?;
-    ctx.sessions.kick(&muster_hub::docs::key(&hub.0, &id));
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -176,7 +174,7 @@ async fn get_twin(
     Extension(hub): Extension<HubName>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    Ok(etagged(ctx.registry.get_twin(&hub.0, &id).await?))
+    Ok(etagged(ctx.hub.registry().get_twin(&hub.0, &id).await?))
 }
 
 async fn update(
@@ -188,24 +186,10 @@ async fn update(
     replace: bool,
 ) -> ApiResult {
     let body = body_json(body)?;
-    let (twin, notification) = ctx
-        .registry
+    let twin = ctx
+        .hub
         .update_twin(hub, id, &body, if_match(headers).as_deref(), replace)
         .await?;
-    if let Some(n) = notification {
-        let version = n.get("$version").and_then(Value::as_u64).unwrap_or(0);
-        let delivered = ctx.sessions.send(
-            &muster_hub::docs::key(hub, id),
-            crate::sessions::Outbound::Publish {
-                topic: format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
-                payload: n.to_string().into_bytes(),
-            },
-        );
-        info!(
-            device_id = id,
-            version, delivered, "desired properties changed"
-        );
-    }
     Ok(etagged(twin))
 }
 
@@ -234,7 +218,7 @@ async fn list_modules(
     Extension(hub): Extension<HubName>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    Ok(Json(ctx.registry.list_modules(&hub.0, &id).await?).into_response())
+    Ok(Json(ctx.hub.registry().list_modules(&hub.0, &id).await?).into_response())
 }
 
 async fn get_module(
@@ -242,7 +226,9 @@ async fn get_module(
     Extension(hub): Extension<HubName>,
     Path((id, mid)): Path<(String, String)>,
 ) -> ApiResult {
-    Ok(etagged(ctx.registry.get_module(&hub.0, &id, &mid).await?))
+    Ok(etagged(
+        ctx.hub.registry().get_module(&hub.0, &id, &mid).await?,
+    ))
 }
 
 async fn put_module(
@@ -254,7 +240,8 @@ async fn put_module(
 ) -> ApiResult {
     let body = body_json(&body)?;
     Ok(etagged(
-        ctx.registry
+        ctx.hub
+            .registry()
             .put_module(&hub.0, &id, &mid, &body, if_match(&headers).as_deref())
             .await?,
     ))
@@ -266,13 +253,9 @@ async fn delete_module(
     Path((id, mid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    ctx.registry
+    ctx.hub
         .delete_module(&hub.0, &id, &mid, if_match(&headers).as_deref())
         .await?;
-    ctx.sessions.kick(&muster_hub::docs::key(
-        &hub.0,
-        &muster_hub::modules::module_identity(&id, &mid),
-    ));
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -282,7 +265,9 @@ async fn get_module_twin(
     Path((id, mid)): Path<(String, String)>,
 ) -> ApiResult {
     let identity = muster_hub::modules::module_identity(&id, &mid);
-    Ok(etagged(ctx.registry.get_twin(&hub.0, &identity).await?))
+    Ok(etagged(
+        ctx.hub.registry().get_twin(&hub.0, &identity).await?,
+    ))
 }
 
 async fn patch_module_twin(
@@ -308,11 +293,8 @@ async fn replace_module_twin(
 }
 
 async fn statistics(State(ctx): Ctx, Extension(hub): Extension<HubName>) -> ApiResult {
-    Ok(Json(ctx.registry.statistics(&hub.0).await?).into_response())
+    Ok(Json(ctx.hub.registry().statistics(&hub.0).await?).into_response())
 }
-
-/// Largest method payload (request or response), as in IoT Hub.
-const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
 
 async fn invoke_method(
     State(ctx): Ctx,
@@ -320,8 +302,7 @@ async fn invoke_method(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    ctx.registry.get_device(&hub.0, &id).await?;
-    invoke(&ctx, &hub.0, id, &body).await
+    invoke(&ctx, &hub.0, &id, &body).await
 }
 
 async fn invoke_module_method(
@@ -330,81 +311,15 @@ async fn invoke_module_method(
     Path((id, mid)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    ctx.registry.get_module(&hub.0, &id, &mid).await?;
-    invoke(
-        &ctx,
-        &hub.0,
-        muster_hub::modules::module_identity(&id, &mid),
-        &body,
-    )
-    .await
+    let identity = muster_hub::modules::module_identity(&id, &mid);
+    invoke(&ctx, &hub.0, &identity, &body).await
 }
 
 /// Call a direct method on a connected device or module (`identity`).
-async fn invoke(ctx: &Context, hub: &str, id: String, body: &[u8]) -> ApiResult {
-    let body = body_json(body)?;
-    let name = body
-        .get("methodName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty() && !n.contains(['/', '?', '#', '+']))
-        .ok_or_else(|| {
-            HubApiError(HubError::InvalidInput(
-                "methodName is required (no '/', '?', '#' or '+')".into(),
-            ))
-        })?
-        .to_owned();
-    let timeout = body
-        .get("responseTimeoutInSeconds")
-        .and_then(Value::as_u64)
-        .unwrap_or(30);
-    if !(5..=300).contains(&timeout) {
-        return Err(HubApiError(HubError::InvalidInput(
-            "responseTimeoutInSeconds must be between 5 and 300".into(),
-        )));
-    }
-    let payload = body.get("payload").cloned().unwrap_or(Value::Null);
-    let payload_text = payload.to_string();
-    if payload_text.len() > MAX_METHOD_PAYLOAD {
-        return Err(HubApiError(HubError::InvalidInput(
-            "the method payload is larger than 128 KB".into(),
-        )));
-    }
-    let key = muster_hub::docs::key(hub, &id);
-    if !ctx.sessions.is_connected(&key) {
-        return Err(HubApiError(HubError::DeviceNotOnline(id)));
-    }
-    let rid = tracking_id();
-    let reply = ctx.sessions.expect_method(&key, &rid);
-    let sent = ctx.sessions.send(
-        &key,
-        crate::sessions::Outbound::Publish {
-            topic: format!(
-                "$iothub/methods/POST/{}/?$rid={rid}",
-                muster_auth::sas::percent_encode(&name)
-            ),
-            payload: payload_text.into_bytes(),
-        },
-    );
-    if !sent {
-        ctx.sessions.abandon_method(&key, &rid);
-        return Err(HubApiError(HubError::DeviceNotOnline(id)));
-    }
-    match tokio::time::timeout(std::time::Duration::from_secs(timeout), reply).await {
-        Ok(Ok((status, payload))) => {
-            info!(
-                device_id = id,
-                method = name,
-                status,
-                "direct method answered"
-            );
-            Ok(Json(json!({"status": status, "payload": payload})).into_response())
-        }
-        Ok(Err(_)) | Err(_) => {
-            ctx.sessions.abandon_method(&key, &rid);
-            warn!(device_id = id, method = name, "direct method timed out");
-            Err(HubApiError(HubError::GatewayTimeout(id)))
-        }
-    }
+async fn invoke(ctx: &Context, hub: &str, identity: &str, body: &[u8]) -> ApiResult {
+    let call = MethodCall::from_request(&body_json(body)?)?;
+    let result = ctx.hub.invoke_method(hub, identity, call).await?;
+    Ok(Json(json!({"status": result.status, "payload": result.payload})).into_response())
 }
 
 /// `POST /devices/{id}/messages/devicebound`: body = message bytes; headers `iothub-messageid`,
@@ -456,7 +371,7 @@ async fn send_c2d(
             ))
         })
         .collect();
-    let message = muster_hub::registry::C2dMessage {
+    let message = muster_hub::c2d::C2dMessage {
         message_id: header("iothub-messageid").unwrap_or_else(tracking_id),
         correlation_id: header("iothub-correlationid"),
         ack,
@@ -464,11 +379,7 @@ async fn send_c2d(
         properties,
         body: body.to_vec(),
     };
-    ctx.registry.enqueue_c2d(&hub.0, &id, &message).await?;
-    ctx.sessions.send(
-        &muster_hub::docs::key(&hub.0, &id),
-        crate::sessions::Outbound::Mail,
-    );
+    ctx.hub.send_c2d(&hub.0, &id, &message).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -488,7 +399,8 @@ async fn query(
     })?;
     let (max, continuation) = super::paging(&headers);
     let (items, next) = ctx
-        .registry
+        .hub
+        .registry()
         .query(&hub.0, text, max.unwrap_or(100), continuation.as_deref())
         .await?;
     let mut r = Json(items).into_response();

@@ -1,30 +1,42 @@
-//! Connected hub devices: who holds each device's connection and how to reach it. (The
-//! subscriptions of CleanSession=0 sessions are durable, in the registry.)
+//! Live connections: who holds each identity's connection on this node and how to reach it.
+//! (The subscriptions of persistent MQTT sessions are durable, in the registry.)
 //!
-//! Ownership: the map, sharded by device, is touched only when a device connects or
-//! disconnects and when a service needs to reach one device (a desired patch, a kick) — never
-//! per telemetry message. Each
-//! session owns its socket; others reach it through a bounded channel, so a slow device cannot
-//! stall a service call (a full channel drops the notification; the device re-reads its twin
-//! on reconnect).
+//! Ownership: the map, sharded by identity, is touched only when a device connects or
+//! disconnects and when a service needs to reach one device (a desired patch, a method call,
+//! new mail, a kick) — never per telemetry message. Each session owns its socket; others reach
+//! it through a bounded channel of [`Outbound`] events, so a slow device cannot stall a service
+//! call (a full channel drops the notification; devices read their twin again on reconnect).
+//!
+//! The events are domain events: each transport decides how to put them on its wire (MQTT
+//! topics, AMQP links).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio::sync::mpsc;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Something for a connected device's session to do.
-#[derive(Debug, Clone)]
-pub(crate) enum Outbound {
-    /// Publish this (if the device subscribed to a matching filter).
-    Publish {
-        /// Topic.
-        topic: String,
-        /// Payload.
+/// Something for a connected identity's session to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// The desired properties changed: `patch` holds the changed properties and `$version`.
+    DesiredPatch {
+        /// The new desired `$version`.
+        version: u64,
+        /// The patch as the device receives it.
+        patch: Value,
+    },
+    /// A direct method call; answer with [`crate::Hub::complete_method`] and the same `rid`.
+    MethodRequest {
+        /// Request id.
+        rid: String,
+        /// Method name.
+        name: String,
+        /// JSON payload text.
         payload: Vec<u8>,
     },
-    /// New cloud-to-device messages are queued: deliver what is pending.
+    /// New cloud-to-device messages are queued: receive what is pending.
     Mail,
 }
 
@@ -35,32 +47,38 @@ struct Entry {
     kick: CancellationToken,
 }
 
-/// A live session's handles.
+/// A live session's handles: its events and the token that ends it (a newer connection of the
+/// same identity, or the identity deleted or disabled).
 #[derive(Debug)]
-pub(crate) struct Registration {
-    pub(crate) generation: u64,
-    pub(crate) rx: mpsc::Receiver<Outbound>,
-    pub(crate) kicked: CancellationToken,
+pub struct Registration {
+    /// Distinguishes this connection from a later one of the same identity.
+    pub generation: u64,
+    /// Events for the session.
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Cancelled when the session must end.
+    pub kicked: CancellationToken,
 }
 
 /// A direct method's answer: the device's status and JSON payload.
-pub(crate) type MethodReply = (u16, serde_json::Value);
+pub type MethodReply = (u16, Value);
 
 /// Shards of the live map: connects, disconnects and service calls for different devices
 /// rarely contend for the same lock.
 const SHARDS: usize = 32;
 
+/// Events a session may have waiting before further ones are dropped.
+const QUEUE: usize = 64;
+
+/// The live connections of this node.
 #[derive(Debug)]
-pub(crate) struct Sessions {
+pub struct Presence {
     live: [Mutex<HashMap<String, Entry>>; SHARDS],
-    /// Direct-method calls awaiting the device's response, by `{session key}/{rid}`.
-    methods: Mutex<HashMap<String, tokio::sync::oneshot::Sender<MethodReply>>>,
+    /// Direct-method calls awaiting the device's response, by `{identity key}/{rid}`.
+    methods: Mutex<HashMap<String, oneshot::Sender<MethodReply>>>,
     next: std::sync::atomic::AtomicU64,
 }
 
-const QUEUE: usize = 64;
-
-impl Default for Sessions {
+impl Default for Presence {
     fn default() -> Self {
         Self {
             live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
@@ -70,7 +88,7 @@ impl Default for Sessions {
     }
 }
 
-impl Sessions {
+impl Presence {
     /// The shard holding `key`.
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Entry>> {
         use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
@@ -82,8 +100,8 @@ impl Sessions {
         shard
     }
 
-    /// Take over `key`: a previous connection of the same device is closed.
-    pub(crate) fn register(&self, key: &str) -> Registration {
+    /// Take over `key`: a previous connection of the same identity is closed.
+    pub fn register(&self, key: &str) -> Registration {
         let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(QUEUE);
         let kicked = CancellationToken::new();
@@ -107,7 +125,7 @@ impl Sessions {
     }
 
     /// Forget `key` if `generation` still owns it.
-    pub(crate) fn unregister(&self, key: &str, generation: u64) {
+    pub fn unregister(&self, key: &str, generation: u64) {
         if let Ok(mut live) = self.shard(key).lock()
             && live.get(key).is_some_and(|e| e.generation == generation)
         {
@@ -115,28 +133,24 @@ impl Sessions {
         }
     }
 
-    /// Queue a message for a connected device; `false` when it is not connected or its queue is
-    /// full.
-    pub(crate) fn send(&self, key: &str, message: Outbound) -> bool {
+    /// Queue an event for a connected identity; `false` when it is not connected or its queue
+    /// is full.
+    pub fn send(&self, key: &str, event: Outbound) -> bool {
         let tx = match self.shard(key).lock() {
             Ok(live) => live.get(key).map(|e| e.tx.clone()),
             Err(_) => None,
         };
-        tx.is_some_and(|tx| tx.try_send(message).is_ok())
+        tx.is_some_and(|tx| tx.try_send(event).is_ok())
     }
 
-    /// Whether a device is connected.
-    pub(crate) fn is_connected(&self, key: &str) -> bool {
+    /// Whether an identity is connected to this node.
+    pub fn is_connected(&self, key: &str) -> bool {
         self.shard(key).lock().is_ok_and(|l| l.contains_key(key))
     }
 
     /// Register a pending method call; the receiver gets the device's response.
-    pub(crate) fn expect_method(
-        &self,
-        key: &str,
-        rid: &str,
-    ) -> tokio::sync::oneshot::Receiver<MethodReply> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    pub(crate) fn expect_method(&self, key: &str, rid: &str) -> oneshot::Receiver<MethodReply> {
+        let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.methods.lock() {
             m.insert(format!("{key}/{rid}"), tx);
         }
@@ -160,8 +174,8 @@ impl Sessions {
         waiting.is_some_and(|tx| tx.send(reply).is_ok())
     }
 
-    /// Close the device's connection (deleted or disabled).
-    pub(crate) fn kick(&self, key: &str) {
+    /// Close the identity's connection (deleted or disabled).
+    pub fn kick(&self, key: &str) {
         if let Ok(mut live) = self.shard(key).lock()
             && let Some(e) = live.remove(key)
         {

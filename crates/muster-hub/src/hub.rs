@@ -1,0 +1,508 @@
+//! [`Hub`]: the one entry point every transport and the management API call. It owns every hub
+//! decision — who a device is, what it may do, what happens to its telemetry, twin, messages
+//! and methods, and whether it is connected — so a transport only translates bytes to these
+//! calls and their results back to bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_store::events::EventLog;
+use muster_types::{DeviceId, ModuleId};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use crate::auth::{self, AuthError, Authenticated, CaSource, Credential};
+use crate::c2d::{C2dMessage, Delivery};
+use crate::docs;
+use crate::identity::{Action, Identity};
+use crate::methods::{MethodCall, MethodResult};
+use crate::presence::{Outbound, Presence, Registration};
+use crate::registry::{HubError, Registry};
+use crate::telemetry::{IngestError, MAX_TELEMETRY, Telemetry, to_event};
+
+/// How often `lastActivityTime` is written at most, per session.
+pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The IoT hub core of one server: its logical hubs, registry, event log and live sessions.
+#[derive(Debug)]
+pub struct Hub {
+    registry: Registry,
+    events: Arc<dyn EventLog>,
+    presence: Presence,
+    cas: Arc<dyn CaSource>,
+    hostnames: Vec<String>,
+    resource_hosts: Vec<String>,
+}
+
+impl Hub {
+    /// A hub core.
+    ///
+    /// - `hostnames`: the logical hubs' host names, the first being the default;
+    /// - `resource_hosts`: every lower-case name or address a SAS token may name for this
+    ///   server (the host names, `localhost`, the bind address, …);
+    /// - `cas`: where verified CA certificates come from, for `certificateAuthority` devices.
+    #[must_use]
+    pub fn new(
+        registry: Registry,
+        events: Arc<dyn EventLog>,
+        cas: Arc<dyn CaSource>,
+        hostnames: Vec<String>,
+        resource_hosts: Vec<String>,
+    ) -> Self {
+        Self {
+            registry,
+            events,
+            presence: Presence::default(),
+            cas,
+            hostnames,
+            resource_hosts,
+        }
+    }
+
+    /// The registry (identities, twins, queries).
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The built-in event log.
+    #[must_use]
+    pub fn events(&self) -> &Arc<dyn EventLog> {
+        &self.events
+    }
+
+    /// The live sessions of this node.
+    #[must_use]
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// Lower-case names a SAS token may name for this server.
+    #[must_use]
+    pub fn resource_hosts(&self) -> &[String] {
+        &self.resource_hosts
+    }
+
+    /// The logical hub a host name addresses (`:port` ignored; the default hub for addresses
+    /// and unknown names).
+    #[must_use]
+    pub fn hub_for_host(&self, host: &str) -> String {
+        let host = host
+            .rsplit_once(':')
+            .filter(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        self.hostnames
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(host))
+            .or_else(|| self.hostnames.first())
+            .map(|h| h.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+
+    /// Authenticate a device (or module, with `module_id`) connecting through `host`.
+    ///
+    /// # Errors
+    /// [`AuthError`]: unknown or disabled identity, or credentials that do not prove it.
+    pub async fn authenticate(
+        &self,
+        host: &str,
+        device_id: &str,
+        module_id: Option<&str>,
+        credential: Credential<'_>,
+    ) -> Result<Authenticated, AuthError> {
+        let device = DeviceId::new(device_id).map_err(AuthError::InvalidId)?;
+        let module = module_id
+            .map(ModuleId::new)
+            .transpose()
+            .map_err(AuthError::InvalidId)?;
+        let identity = Identity::new(&self.hub_for_host(host), device, module);
+        let hub = identity.hub.as_str();
+        let doc = self
+            .registry
+            .device_document(hub, device_id)
+            .await?
+            .ok_or_else(|| AuthError::UnknownDevice(device_id.to_owned()))?;
+        if doc.get("status").and_then(Value::as_str) == Some("disabled") {
+            return Err(AuthError::Disabled(device_id.to_owned()));
+        }
+        let credentials = match &identity.module_id {
+            Some(_) => self
+                .registry
+                .device_document(hub, &identity.id())
+                .await?
+                .ok_or_else(|| AuthError::UnknownModule(identity.id()))?,
+            None => doc,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let expires = auth::check(
+            &identity,
+            &credentials,
+            credential,
+            &self.resource_hosts,
+            &self.cas,
+            now,
+        )
+        .await?;
+        Ok(Authenticated { identity, expires })
+    }
+
+    /// A session of `identity` begins: it takes over from any earlier one (which is closed),
+    /// and the identity reads as connected from now on.
+    pub async fn connect(&self, identity: &Identity) -> Registration {
+        let registration = self.presence.register(&identity.key());
+        let recorded = self
+            .registry
+            .record_activity(&identity.hub, &identity.id(), Some(true))
+            .await;
+        if let Err(e) = recorded {
+            warn!(error = %e, "cannot record the connection state");
+        }
+        registration
+    }
+
+    /// A session ends. Unless a newer session of the same identity took over, the identity
+    /// reads as disconnected.
+    pub async fn disconnect(&self, identity: &Identity, generation: u64) {
+        let key = identity.key();
+        self.presence.unregister(&key, generation);
+        if self.presence.is_connected(&key) {
+            debug!("a newer connection owns the identity");
+            return;
+        }
+        let recorded = self
+            .registry
+            .record_activity(&identity.hub, &identity.id(), Some(false))
+            .await;
+        if let Err(e) = recorded {
+            warn!(error = %e, "cannot record the connection state");
+        }
+    }
+
+    /// Note activity of a session (`lastActivityTime`, written at most once per
+    /// [`ACTIVITY_INTERVAL`]; `last` is the session's own clock).
+    pub async fn touch(&self, identity: &Identity, last: &mut std::time::Instant) {
+        if last.elapsed() < ACTIVITY_INTERVAL {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let recorded = self
+            .registry
+            .record_activity(&identity.hub, &identity.id(), None)
+            .await;
+        if let Err(e) = recorded {
+            warn!(error = %e, "cannot record activity");
+        }
+    }
+
+    /// Store device-to-cloud messages from `sender` durably, all or none. Appends run together
+    /// so one group commit takes them all; acknowledge only after `Ok`.
+    ///
+    /// # Errors
+    /// [`IngestError::TooLarge`] (nothing stored), [`IngestError::Unavailable`].
+    pub async fn ingest(
+        &self,
+        sender: &Identity,
+        batch: Vec<Telemetry>,
+    ) -> Result<(), IngestError> {
+        if let Some(m) = batch.iter().find(|m| m.body.len() > MAX_TELEMETRY) {
+            return Err(IngestError::TooLarge { size: m.body.len() });
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let appends = batch
+            .into_iter()
+            .map(|m| self.events.append(to_event(sender, m, now)));
+        for result in futures_util::future::join_all(appends).await {
+            result.map_err(IngestError::Unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// The twin as its device sees it (`{"desired", "reported"}`).
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn device_twin(&self, identity: &Identity) -> Result<Value, HubError> {
+        self.registry
+            .device_twin(&identity.hub, &identity.id())
+            .await
+    }
+
+    /// Apply a device's reported-properties patch (JSON text); returns the new reported
+    /// `$version`.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidInput`] for text that is not JSON, [`HubError::Twin`] for rule
+    /// violations.
+    pub async fn report(&self, identity: &Identity, patch: &[u8]) -> Result<u64, HubError> {
+        let patch: Value = serde_json::from_slice(patch).map_err(|e| {
+            HubError::InvalidInput(format!("the reported patch is not valid JSON: {e}"))
+        })?;
+        self.registry
+            .patch_reported(&identity.hub, &identity.id(), &patch)
+            .await
+    }
+
+    /// A service's twin update (`PATCH` merges, `PUT` replaces) of a device or module
+    /// (`deviceId/moduleId`); a desired change reaches the connected identity at once.
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn update_twin(
+        &self,
+        hub: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<Value, HubError> {
+        let (twin, notification) = self
+            .registry
+            .update_twin(hub, id, body, if_match, replace)
+            .await?;
+        if let Some(patch) = notification {
+            let version = patch.get("$version").and_then(Value::as_u64).unwrap_or(0);
+            let event = Outbound::DesiredPatch { version, patch };
+            let delivered = self.presence.send(&docs::key(hub, id), event);
+            info!(
+                device_id = id,
+                version, delivered, "desired properties changed"
+            );
+        }
+        Ok(twin)
+    }
+
+    /// Create or update a device identity; disabling it closes its connection.
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn put_device(
+        &self,
+        hub: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, HubError> {
+        let device = self.registry.put_device(hub, id, body, if_match).await?;
+        if device.get("status").and_then(Value::as_str) == Some("disabled") {
+            self.kick_device(hub, id).await;
+        }
+        Ok(device)
+    }
+
+    /// Delete a device identity (and its modules); their connections close.
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn delete_device(
+        &self,
+        hub: &str,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), HubError> {
+        let modules = self
+            .registry
+            .list_modules(hub, id)
+            .await
+            .unwrap_or_default();
+        self.registry.delete_device(hub, id, if_match).await?;
+        self.presence.kick(&docs::key(hub, id));
+        for m in modules {
+            if let Some(mid) = m.get("moduleId").and_then(Value::as_str) {
+                let module = crate::modules::module_identity(id, mid);
+                self.presence.kick(&docs::key(hub, &module));
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the connections of a device and its modules.
+    async fn kick_device(&self, hub: &str, id: &str) {
+        self.presence.kick(&docs::key(hub, id));
+        for m in self
+            .registry
+            .list_modules(hub, id)
+            .await
+            .unwrap_or_default()
+        {
+            if let Some(mid) = m.get("moduleId").and_then(Value::as_str) {
+                let module = crate::modules::module_identity(id, mid);
+                self.presence.kick(&docs::key(hub, &module));
+            }
+        }
+    }
+
+    /// Delete a module identity; its connection closes.
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn delete_module(
+        &self,
+        hub: &str,
+        device_id: &str,
+        module_id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), HubError> {
+        self.registry
+            .delete_module(hub, device_id, module_id, if_match)
+            .await?;
+        let module = crate::modules::module_identity(device_id, module_id);
+        self.presence.kick(&docs::key(hub, &module));
+        Ok(())
+    }
+
+    /// Call a direct method on a connected device or module (`deviceId/moduleId`) and wait for
+    /// its answer.
+    ///
+    /// # Errors
+    /// [`HubError::DeviceNotFound`]/[`HubError::ModuleNotFound`],
+    /// [`HubError::DeviceNotOnline`] when no session holds the identity,
+    /// [`HubError::GatewayTimeout`] when the device does not answer in time.
+    pub async fn invoke_method(
+        &self,
+        hub: &str,
+        id: &str,
+        call: MethodCall,
+    ) -> Result<MethodResult, HubError> {
+        if self.registry.device_document(hub, id).await?.is_none() {
+            return Err(crate::registry::not_found(id));
+        }
+        let key = docs::key(hub, id);
+        if !self.presence.is_connected(&key) {
+            return Err(HubError::DeviceNotOnline(id.to_owned()));
+        }
+        let rid = format!("{}{}", docs::random_suffix(), docs::random_suffix());
+        let reply = self.presence.expect_method(&key, &rid);
+        let request = Outbound::MethodRequest {
+            rid: rid.clone(),
+            name: call.name.clone(),
+            payload: call.payload.into_bytes(),
+        };
+        if !self.presence.send(&key, request) {
+            self.presence.abandon_method(&key, &rid);
+            return Err(HubError::DeviceNotOnline(id.to_owned()));
+        }
+        match tokio::time::timeout(call.timeout, reply).await {
+            Ok(Ok((status, payload))) => {
+                info!(
+                    device_id = id,
+                    method = call.name,
+                    status,
+                    "direct method answered"
+                );
+                Ok(MethodResult { status, payload })
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.presence.abandon_method(&key, &rid);
+                warn!(
+                    device_id = id,
+                    method = call.name,
+                    "direct method timed out"
+                );
+                Err(HubError::GatewayTimeout(id.to_owned()))
+            }
+        }
+    }
+
+    /// A device's answer to the call `rid`; `false` when no call waits for it (timed out).
+    pub fn complete_method(&self, identity: &Identity, rid: &str, result: MethodResult) -> bool {
+        self.presence
+            .complete_method(&identity.key(), rid, (result.status, result.payload))
+    }
+
+    /// Queue a cloud-to-device message; a connected device hears of it at once.
+    ///
+    /// # Errors
+    /// [`HubError`] (unknown device, too large, queue full).
+    pub async fn send_c2d(
+        &self,
+        hub: &str,
+        device_id: &str,
+        message: &C2dMessage,
+    ) -> Result<(), HubError> {
+        self.registry.enqueue_c2d(hub, device_id, message).await?;
+        self.presence
+            .send(&docs::key(hub, device_id), Outbound::Mail);
+        Ok(())
+    }
+
+    /// Receive (lock) up to `max` pending cloud-to-device messages of `identity`.
+    ///
+    /// # Errors
+    /// [`HubError::Unauthorized`] for a module; storage failures.
+    pub async fn receive_c2d(
+        &self,
+        identity: &Identity,
+        max: usize,
+        lock_for: Duration,
+    ) -> Result<Vec<Delivery>, HubError> {
+        identity
+            .authorize(Action::ReceiveC2d(identity.target()))
+            .map_err(|_| HubError::Unauthorized)?;
+        self.registry
+            .receive_c2d(&identity.hub, identity.device_id.as_str(), max, lock_for)
+            .await
+    }
+
+    /// Settle a received message.
+    ///
+    /// # Errors
+    /// [`HubError::MessageLockLost`] when the lock is unknown or expired.
+    pub async fn settle_c2d(
+        &self,
+        identity: &Identity,
+        lock_token: &str,
+        outcome: Settlement,
+    ) -> Result<(), HubError> {
+        let (hub, id) = (&identity.hub, identity.device_id.as_str());
+        match outcome {
+            Settlement::Complete => self.registry.complete_c2d(hub, id, lock_token).await,
+            Settlement::Abandon => self.registry.abandon_c2d(hub, id, lock_token).await,
+            Settlement::Reject => self.registry.reject_c2d(hub, id, lock_token).await,
+        }
+    }
+
+    /// The saved subscriptions of a persistent session (`persistent`), or a clean start that
+    /// forgets them (returns `None`).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn open_session(
+        &self,
+        identity: &Identity,
+        persistent: bool,
+    ) -> Result<Option<Vec<String>>, HubError> {
+        if persistent {
+            self.registry.session(&identity.hub, &identity.id()).await
+        } else {
+            self.registry
+                .forget_session(&identity.hub, &identity.id())
+                .await?;
+            Ok(None)
+        }
+    }
+
+    /// Save a persistent session's subscriptions.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn save_session(
+        &self,
+        identity: &Identity,
+        subscriptions: &[String],
+    ) -> Result<(), HubError> {
+        self.registry
+            .save_session(&identity.hub, &identity.id(), subscriptions)
+            .await
+    }
+}
+
+/// How a device settles a cloud-to-device message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Accepted: remove it.
+    Complete,
+    /// Given back: deliver it again.
+    Abandon,
+    /// Refused: remove it without delivering it again.
+    Reject,
+}
