@@ -263,47 +263,26 @@ fn sign(key: &Secret, message: &str) -> Result<String, SasError> {
     Ok(B64.encode(aws_lc_rs::hmac::sign(&key, message.as_bytes()).as_ref()))
 }
 
-/// Percent-decode (`+` stays `+`); invalid escapes are kept literally.
+/// Every byte but the unreserved characters `A-Za-z0-9-._~` (RFC 3986) is escaped.
+pub const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-decode (`+` stays `+`); invalid escapes are kept literally, and bytes that are not
+/// UTF-8 become U+FFFD.
 #[must_use]
 pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).and_then(|c| hex(*c)),
-                bytes.get(i + 2).and_then(|c| hex(*c)),
-            )
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(b);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Percent-encode everything but the unreserved characters `A-Za-z0-9-._~`.
 #[must_use]
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn hex(c: u8) -> Option<u8> {
-    char::from(c)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use muster_mqtt::framed::{Framed, FramedError};
 use muster_mqtt::{ConnAck, Connect, ConnectReturnCode, Packet};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -93,9 +92,17 @@ impl Endpoint {
 
 #[derive(Debug)]
 pub(crate) struct Connection {
-    stream: TlsStream<TcpStream>,
-    read: BytesMut,
-    write: BytesMut,
+    framed: Framed<TlsStream<TcpStream>>,
+}
+
+fn protocol(e: FramedError) -> Error {
+    match e {
+        FramedError::Io(e) => Error::Io(e),
+        FramedError::Protocol(e) => Error::Protocol(e.to_string()),
+        FramedError::Truncated => {
+            Error::Protocol("the server closed the connection in the middle of a packet".to_owned())
+        }
+    }
 }
 
 impl Connection {
@@ -106,9 +113,7 @@ impl Connection {
     ) -> Result<(Self, ConnAck), Error> {
         let stream = endpoint.open_tls().await?;
         let mut conn = Self {
-            stream,
-            read: BytesMut::with_capacity(4096),
-            write: BytesMut::with_capacity(1024),
+            framed: Framed::new(stream, MAX_PACKET),
         };
         conn.write_packet(&Packet::Connect(connect)).await?;
         match conn.read_packet().await? {
@@ -128,37 +133,17 @@ impl Connection {
 
     /// The next packet; `Ok(None)` when the server closed the connection between packets.
     pub(crate) async fn read_packet(&mut self) -> Result<Option<Packet>, Error> {
-        loop {
-            if let Some(packet) = muster_mqtt::decode(&mut self.read, MAX_PACKET)
-                .map_err(|e| Error::Protocol(e.to_string()))?
-            {
-                return Ok(Some(packet));
-            }
-            if self.stream.read_buf(&mut self.read).await? == 0 {
-                return if self.read.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Error::Protocol(
-                        "the server closed the connection in the middle of a packet".to_owned(),
-                    ))
-                };
-            }
-        }
+        self.framed.read_packet().await.map_err(protocol)
     }
 
     /// Write one packet and flush.
     pub(crate) async fn write_packet(&mut self, packet: &Packet) -> Result<(), Error> {
-        self.write.clear();
-        muster_mqtt::encode(packet, &mut self.write)
-            .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", packet.name())))?;
-        self.stream.write_all(&self.write).await?;
-        self.stream.flush().await?;
-        Ok(())
+        self.framed.write_packet(packet).await.map_err(protocol)
     }
 
     /// Send DISCONNECT (best effort) and close the TLS session.
     pub(crate) async fn disconnect(mut self) {
         let _ = self.write_packet(&Packet::Disconnect).await;
-        let _ = self.stream.shutdown().await;
+        self.framed.shutdown().await;
     }
 }

@@ -37,6 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use muster_auth::Secret;
 use muster_auth::sas::{percent_decode, percent_encode};
+use muster_mqtt::iothub;
 use muster_mqtt::{
     Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckReturnCode, Subscribe, topic,
 };
@@ -62,12 +63,6 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Shortest SAS token lifetime accepted.
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(5);
 
-const TWIN_RES_FILTER: &str = "$iothub/twin/res/#";
-const DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
-const METHODS_FILTER: &str = "$iothub/methods/POST/#";
-const TWIN_RES_PREFIX: &str = "$iothub/twin/res/";
-const DESIRED_PREFIX: &str = "$iothub/twin/PATCH/properties/desired/";
-const METHOD_PREFIX: &str = "$iothub/methods/POST/";
 const SUBSCRIBE_ID: u16 = 1;
 /// Twin requests remembered before abandoned ones (caller timed out) are swept.
 const SWEEP_REQUESTS_AT: usize = 1024;
@@ -418,6 +413,10 @@ pub enum HubEvent {
     },
     /// A cloud-to-device message.
     C2d(Message),
+    /// The twin, read again after a reconnect: the hub does not queue desired-property changes
+    /// for a device that is away, so this is how a change made meanwhile reaches it (the SDKs
+    /// do the same).
+    Twin(Twin),
     /// A reconnect attempt was refused by the hub in its CONNACK (the device was deleted,
     /// disabled, or its credentials changed); sent before the `Disconnected` for the attempt.
     /// The client keeps retrying under its [`ReconnectPolicy`]; an application that treats a
@@ -557,15 +556,9 @@ impl HubClient {
     /// [`Error::Disconnected`] when the connection drops first; [`Error::Closed`].
     pub async fn get_twin(&self) -> Result<Twin, Error> {
         let answer = self
-            .twin_request("twin GET", "$iothub/twin/GET/", b" ".to_vec())
+            .twin_request("twin GET", iothub::TWIN_GET, b" ".to_vec())
             .await?;
-        let body: Value = serde_json::from_slice(&answer.body)
-            .map_err(|e| Error::Protocol(format!("the twin is not JSON: {e}")))?;
-        let section = |name: &str| body.get(name).cloned().unwrap_or_else(|| json!({}));
-        Ok(Twin {
-            desired: section("desired"),
-            reported: section("reported"),
-        })
+        parse_twin(&answer.body)
     }
 
     /// Patch the reported properties (a JSON object; `null` values delete); returns the new
@@ -577,7 +570,7 @@ impl HubClient {
         let answer = self
             .twin_request(
                 "reported properties PATCH",
-                "$iothub/twin/PATCH/properties/reported/",
+                iothub::TWIN_REPORTED,
                 patch.to_string().into_bytes(),
             )
             .await?;
@@ -655,7 +648,7 @@ impl HubClient {
         status: u16,
         payload: &Value,
     ) -> Result<(), Error> {
-        let topic = format!("$iothub/methods/res/{status}/?$rid={}", percent_encode(rid));
+        let topic = iothub::method_response(status, rid);
         self.publish(topic, payload.to_string().into_bytes().into())
             .await
     }
@@ -761,6 +754,17 @@ struct Link {
     ping_sent: Option<Instant>,
 }
 
+/// A twin GET answer's body.
+fn parse_twin(body: &[u8]) -> Result<Twin, Error> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::Protocol(format!("the twin is not JSON: {e}")))?;
+    let section = |name: &str| body.get(name).cloned().unwrap_or_else(|| json!({}));
+    Ok(Twin {
+        desired: section("desired"),
+        reported: section("reported"),
+    })
+}
+
 impl Link {
     async fn send(&mut self, packet: &Packet) -> Result<(), Error> {
         self.conn.write_packet(packet).await?;
@@ -831,9 +835,9 @@ async fn establish(endpoint: &Endpoint, options: &HubOptions) -> Result<Establis
     let mut early = Vec::new();
     if options.clean_session || !ack.session_present {
         let filters: Vec<(String, QoS)> = [
-            TWIN_RES_FILTER.to_owned(),
-            DESIRED_FILTER.to_owned(),
-            METHODS_FILTER.to_owned(),
+            iothub::TWIN_RESPONSES.to_owned(),
+            iothub::DESIRED_PATCHES.to_owned(),
+            iothub::METHOD_REQUESTS.to_owned(),
             format!("devices/{}/messages/devicebound/#", options.device_id),
         ]
         .into_iter()
@@ -929,6 +933,7 @@ struct Task {
 impl Task {
     async fn run(mut self, first: Established) {
         let mut current = first;
+        let mut reconnects: u64 = 0;
         loop {
             self.emit(HubEvent::Connected {
                 session_present: current.session_present,
@@ -939,6 +944,10 @@ impl Task {
                 early,
                 ..
             } = current;
+            if reconnects > 0 {
+                self.refresh_twin(&mut link, reconnects).await;
+            }
+            reconnects += 1;
             let exit = self.serve(&mut link, renew_at, early).await;
             let (reason, renewing) = match exit {
                 Exit::Close => {
@@ -988,6 +997,39 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// After a reconnect: read the twin again and report it as [`HubEvent::Twin`].
+    async fn refresh_twin(&mut self, link: &mut Link, n: u64) {
+        let rid = format!("reconnect-{n}");
+        let (reply, answer) = oneshot::channel();
+        self.requests.insert(rid.clone(), reply);
+        let request = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: format!("{}?$rid={rid}", iothub::TWIN_GET),
+            packet_id: None,
+            payload: Bytes::from_static(b" "),
+        });
+        if link.send(&request).await.is_err() {
+            self.requests.remove(&rid);
+            return;
+        }
+        let events = self.events.clone();
+        let timeout = self.options.request_timeout;
+        tokio::spawn(async move {
+            let twin = match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(Ok(a))) if a.status == 200 => parse_twin(&a.body),
+                _ => return debug!("the twin could not be read again after a reconnect"),
+            };
+            match twin {
+                Ok(twin) => {
+                    let _ = events.send(HubEvent::Twin(twin)).await;
+                }
+                Err(e) => warn!(error = %e, "the twin read after a reconnect is unreadable"),
+            }
+        });
     }
 
     /// Serve one connection until it ends.
@@ -1184,10 +1226,10 @@ impl Task {
                 "the hub sent a QoS 2 message, which this client does not support".to_owned(),
             ));
         }
-        let acknowledge = if let Some(rest) = p.topic.strip_prefix(TWIN_RES_PREFIX) {
+        let acknowledge = if let Some(rest) = p.topic.strip_prefix(iothub::TWIN_RESPONSE_PREFIX) {
             self.twin_answer(rest, p.payload.clone());
             true
-        } else if p.topic.starts_with(DESIRED_PREFIX) {
+        } else if p.topic.starts_with(iothub::DESIRED_PREFIX) {
             match serde_json::from_slice::<Value>(&p.payload) {
                 Ok(patch) => {
                     self.emit(HubEvent::DesiredPatch(patch));
@@ -1195,7 +1237,7 @@ impl Task {
                 Err(e) => warn!(error = %e, "desired patch is not JSON; ignored"),
             }
             true
-        } else if let Some(rest) = p.topic.strip_prefix(METHOD_PREFIX) {
+        } else if let Some(rest) = p.topic.strip_prefix(iothub::METHOD_PREFIX) {
             match method_call(rest, &p.payload) {
                 Some(call) => {
                     self.emit(call);
@@ -1254,6 +1296,7 @@ impl Task {
                     HubEvent::DesiredPatch(_) => "DesiredPatch",
                     HubEvent::MethodCall { .. } => "MethodCall",
                     HubEvent::C2d(_) => "C2d",
+                    HubEvent::Twin(_) => "Twin",
                     HubEvent::Refused { .. } => "Refused",
                 };
                 warn!(

@@ -463,18 +463,15 @@ pub async fn run(
                             device_id: registration.device_id.clone(),
                             session_present,
                         });
-                        // Read the twin again, as the SDKs do after a reconnect.
-                        let (client, done) = (client.clone(), done_tx.clone());
-                        tokio::spawn(async move {
-                            if let Ok(twin) = client.get_twin().await {
-                                let _ = done.send(Done::Twin(twin.desired));
-                            }
-                        });
+                        // The client reads the twin again itself: HubEvent::Twin.
                     }
                     first_connected_seen = true;
                 }
                 Some(HubEvent::Disconnected { reason }) => {
                     on_event(SimEvent::Disconnected { reason });
+                }
+                Some(HubEvent::Twin(twin)) => {
+                    let _ = done_tx.send(Done::Twin(twin.desired));
                 }
             },
         }

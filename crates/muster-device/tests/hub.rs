@@ -315,6 +315,15 @@ async fn reconnects_after_a_takeover_and_keeps_receiving() {
         "{failed:?}"
     );
     assert!(matches!(client.get_twin().await, Err(Error::NotConnected)));
+    // A desired change while the device is away is not queued; the client reads its twin
+    // again after reconnecting and reports it.
+    rest.ok(
+        Method::PATCH,
+        "/twins/device-1",
+        Some(json!({"properties": {"desired": {"mode": "away"}}})),
+        &[],
+    )
+    .await;
     device["status"] = json!("enabled");
     rest.ok(
         Method::PUT,
@@ -324,7 +333,12 @@ async fn reconnects_after_a_takeover_and_keeps_receiving() {
     )
     .await;
     wait_for(&mut events, |e| matches!(e, HubEvent::Connected { .. })).await;
-    assert_eq!(client.get_twin().await.unwrap().desired["mode"], "eco");
+    let twin = wait_for(&mut events, |e| matches!(e, HubEvent::Twin(_))).await;
+    let HubEvent::Twin(twin) = twin else {
+        unreachable!()
+    };
+    assert_eq!(twin.desired["mode"], "away");
+    assert_eq!(client.get_twin().await.unwrap().desired["mode"], "away");
     client.close().await.unwrap();
 }
 

@@ -19,6 +19,8 @@
 //!   (`a=1&b=x%20y`).
 //! - [`iothub`]: Azure IoT Hub's device topics (filters, publishes, responses) as data.
 //! - [`error`]: the one [`Error`] type, one loggable line per variant.
+//! - `framed` (feature `tokio`): `Framed`, whole packets over an async byte stream with
+//!   cancel-safe reads, shared by the server's sessions and the device client.
 //!
 //! QoS 2 is not supported by muster: a QoS 2 PUBLISH decodes (with [`QoS::ExactlyOnce`]) so the
 //! server can decide to close, and PUBREC/PUBREL/PUBCOMP are [`Error::UnsupportedPacket`].
@@ -26,6 +28,8 @@
 pub mod decode;
 pub mod encode;
 pub mod error;
+#[cfg(feature = "tokio")]
+pub mod framed;
 pub mod iothub;
 pub mod packet;
 pub mod topic;

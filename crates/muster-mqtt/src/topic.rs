@@ -104,45 +104,19 @@ where
     out
 }
 
-fn percent_decode(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.as_bytes();
-    while let Some((&b, rest)) = bytes.split_first() {
-        if b == b'%'
-            && let [hi, lo, after @ ..] = rest
-            && let (Some(hi), Some(lo)) = (hex_value(*hi), hex_value(*lo))
-        {
-            out.push((hi << 4) | lo);
-            bytes = after;
-            continue;
-        }
-        out.push(b);
-        bytes = rest;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// Every byte but the unreserved characters `A-Za-z0-9-._~` is escaped in a bag.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn percent_encode(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            for nibble in [b >> 4, b & 0x0f] {
-                if let Some(&digit) = HEX.get(usize::from(nibble)) {
-                    out.push(char::from(digit));
-                }
-            }
-        }
-    }
+    out.extend(percent_encoding::utf8_percent_encode(s, UNRESERVED));
 }

@@ -221,27 +221,7 @@ impl Config {
     }
 }
 
-/// Parse `500ms`, `10s`, `2m`, `1h`, `1d`.
-///
-/// # Errors
-/// A message naming the accepted units.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 10s"))?;
-    let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("'{s}': use a unit of ms, s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
-}
+pub use muster_types::parse_duration;
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;

@@ -523,15 +523,16 @@ fn algorithm_of(cert: &Certificate) -> Algorithm {
     }
 }
 
-/// A registration id as DPS accepts it and a file name can hold: 1–64 characters (the X.509
-/// limit of a CN) of letters, digits, `-`, `.`, `_` and `:`.
+/// A registration id as DPS accepts it ([`muster_types::RegistrationId`]) that a certificate's
+/// CN and a file name can hold: at most 64 characters (the X.509 limit of a CN), not starting
+/// with `.`.
 fn check_device_id(id: &str) -> Result<()> {
-    let ok_chars = id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'));
-    if id.is_empty() || id.len() > 64 || !ok_chars || id.starts_with('.') {
+    if let Err(e) = muster_types::RegistrationId::new(id) {
+        bail!("invalid device id: {e}");
+    }
+    if id.len() > 64 || id.starts_with('.') {
         bail!(
-            "invalid device id '{id}': use 1 to 64 letters, digits, '-', '.', '_' or ':' (not starting with '.')"
+            "invalid device id '{id}': a certificate's CN holds at most 64 characters and a file name may not start with '.'"
         );
     }
     Ok(())

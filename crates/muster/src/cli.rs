@@ -186,28 +186,10 @@ pub(crate) struct FleetArgs {
     pub(crate) json: bool,
 }
 
-/// `60s`, `1.5s`, `500ms`, `2m`, or plain seconds.
+/// `60s`, `1.5s`, `500ms`, `2m`, or plain seconds: the grammar of `muster_types::duration`,
+/// shared with the configuration file.
 pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (e.g. 60s, 500ms, 2m)"))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!("'{text}' is not a duration"));
-    }
-    std::time::Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())
+    muster_types::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// DPS transport for `device simulate`.

@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection::Connection;
 use crate::Context;
 use crate::device_api::{self, Reply};
+use muster_mqtt::framed::Framed as Connection;
 
 const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 const REGISTER_PREFIX: &str = "$dps/registrations/PUT/iotdps-register/";
@@ -230,7 +230,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     rid: &str,
     reply: &Reply,
-) -> Result<(), super::connection::ConnectionError> {
+) -> Result<(), muster_mqtt::framed::FramedError> {
     let mut topic = format!(
         "$dps/registrations/res/{}/?$rid={}",
         reply.status,

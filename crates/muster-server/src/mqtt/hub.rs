@@ -28,8 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection::{Connection, ConnectionError};
 use crate::Context;
+use muster_mqtt::framed::{Framed as Connection, FramedError as ConnectionError};
 
 /// Telemetry messages handled (stored and acknowledged) together at most.
 const MAX_BATCH: usize = 64;

@@ -5,7 +5,6 @@
 //! `{idScope}/registrations/{registrationId}/…` is a DPS session; `{host}/{deviceId}[/{module}]/…`
 //! is a hub session.
 
-pub(crate) mod connection;
 mod dps;
 mod hub;
 
@@ -21,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::Context;
-use connection::Connection;
+use muster_mqtt::framed::Framed as Connection;
 
 /// Serve MQTT on `listener` until `shutdown`.
 pub(crate) async fn serve(
