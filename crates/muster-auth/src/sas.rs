@@ -290,6 +290,34 @@ pub fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn hosted_tokens_name_a_host_of_this_server() {
+        let key = Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=");
+        let hosts = vec!["hub.local".to_owned(), "::1".to_owned()];
+        let t =
+            |sr: &str, se: u64| SasToken::parse(&make_token(sr, &key, None, se).unwrap()).unwrap();
+        assert_eq!(
+            t("Hub.Local:8883/devices/d1/", 100).check_hosted(&hosts, Some("devices/D1"), 50),
+            Ok("hub.local".to_owned())
+        );
+        assert_eq!(
+            t("[::1]:443", 100).check_hosted(&hosts, None, 50),
+            Ok("::1".to_owned())
+        );
+        assert!(matches!(
+            t("hub.local/devices/d1", 100).check_hosted(&hosts, Some("devices/d2"), 50),
+            Err(SasError::WrongResource { .. })
+        ));
+        assert!(matches!(
+            t("other.host/devices/d1", 100).check_hosted(&hosts, Some("devices/d1"), 50),
+            Err(SasError::WrongResource { .. })
+        ));
+        assert!(matches!(
+            t("hub.local/devices/d1", 100).check_hosted(&hosts, None, 101),
+            Err(SasError::Expired { .. })
+        ));
+    }
+
     const KEY: &str = "dGhpcyBpcyBhIHRlc3Qga2V5IGZvciBtdXN0ZXIgc2FzIQ==";
 
     fn sig_for(sr: &str, se: u64) -> String {

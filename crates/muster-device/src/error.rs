@@ -13,7 +13,7 @@ use muster_mqtt::ConnectReturnCode;
 #[non_exhaustive]
 pub enum Error {
     /// A certificate, key or trust file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     File {
         /// The file.
         path: PathBuf,
@@ -22,7 +22,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A certificate or private key is unusable (bad PEM, wrong password, key does not match).
-    #[error("{context}: {source}")]
+    #[error("{context} is unusable")]
     Certificate {
         /// Which input ("client certificate", "trust bundle", a file name, ...).
         context: String,
@@ -34,13 +34,13 @@ pub enum Error {
     #[error("invalid options: {0}")]
     InvalidOptions(String),
     /// A shared access key is unusable (not base64).
-    #[error("shared access key: {0}")]
+    #[error("the shared access key is unusable")]
     Key(#[from] muster_auth::sas::SasError),
     /// rustls refused the TLS configuration.
-    #[error("TLS configuration: {0}")]
+    #[error("rustls refused the TLS configuration")]
     TlsConfig(#[from] rustls::Error),
     /// The TCP connection could not be opened.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// `host:port`.
         addr: String,
@@ -49,7 +49,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The TLS handshake failed (untrusted server certificate, name mismatch, ...).
-    #[error("TLS handshake with {host} failed: {source}")]
+    #[error("TLS handshake with {host} failed")]
     Tls {
         /// The server's host name.
         host: String,
@@ -58,7 +58,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading from or writing to an established connection failed.
-    #[error("connection error: {0}")]
+    #[error("connection error")]
     Io(#[from] std::io::Error),
     /// The server broke MQTT or answered something this client cannot understand.
     #[error("protocol error: {0}")]
@@ -93,7 +93,7 @@ pub enum Error {
         message: String,
     },
     /// An HTTPS request to the provisioning service failed before an answer arrived.
-    #[error("HTTPS request to {url} failed: {source}")]
+    #[error("HTTPS request to {url} failed")]
     Http {
         /// The URL.
         url: String,

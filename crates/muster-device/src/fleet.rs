@@ -505,7 +505,7 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
             }
             Ok(Err(e)) => {
                 report.provision_failed += 1;
-                errors.add("provision", e.to_string());
+                errors.add("provision", muster_types::report(&e));
             }
             Err(e) => errors.add("provision", format!("task failed: {e}")),
         }
@@ -565,7 +565,7 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
             }
             Ok(Err(e)) => {
                 report.connect_failed += 1;
-                errors.add("connect", e.to_string());
+                errors.add("connect", muster_types::report(&e));
             }
             Err(e) => errors.add("connect", format!("task failed: {e}")),
         }
@@ -667,7 +667,7 @@ async fn telemetry(
                         }
                         Err(e) => {
                             progress.publish_failed.fetch_add(1, Ordering::Relaxed);
-                            let m = e.to_string();
+                            let m = muster_types::report(&e);
                             match failures.iter_mut().find(|(k, _)| *k == m) {
                                 Some((_, n)) => *n += 1,
                                 None => failures.push((m, 1)),

@@ -1040,11 +1040,11 @@ impl Task {
         early: Vec<Packet>,
     ) -> Exit {
         if let Err(e) = self.resend(link).await {
-            return Exit::Lost(e.to_string());
+            return Exit::Lost(muster_types::report(&e));
         }
         for packet in early {
             if let Err(e) = self.handle_packet(link, packet).await {
-                return Exit::Lost(e.to_string());
+                return Exit::Lost(muster_types::report(&e));
             }
         }
         let keep_alive = self.options.keep_alive;
@@ -1079,7 +1079,7 @@ impl Task {
                 () = sleep_until(renew_at) => return Exit::Renew,
             };
             if let Err(e) = result {
-                return Exit::Lost(e.to_string());
+                return Exit::Lost(muster_types::report(&e));
             }
         }
     }
@@ -1356,12 +1356,12 @@ impl Task {
                 Some(Err(e)) => e,
             };
             failures += 1;
-            warn!(error = %error, failures, "reconnecting to the hub failed");
+            warn!(error = %muster_types::report(&error), failures, "reconnecting to the hub failed");
             if let Error::Refused { code } = &error {
                 self.emit(HubEvent::Refused { code: *code });
             }
             self.emit(HubEvent::Disconnected {
-                reason: format!("reconnecting failed: {error}"),
+                reason: format!("reconnecting failed: {}", muster_types::report(&error)),
             });
             if !policy.enabled || policy.max_attempts.is_some_and(|max| failures >= max) {
                 return Err(Ending::GaveUp(error.to_string()));

@@ -382,7 +382,7 @@ pub async fn run(
                 tokio::spawn(async move {
                     let event = match client.send_telemetry(message).await {
                         Ok(()) => SimEvent::TelemetrySent { timestamp, body, temperature_alert: alert },
-                        Err(e) => SimEvent::SendFailed { reason: e.to_string() },
+                        Err(e) => SimEvent::SendFailed { reason: muster_types::report(&e) },
                     };
                     let _ = done.send(Done::Event(event));
                 });
@@ -499,7 +499,7 @@ fn spawn_report(client: &HubClient, done: &tokio::sync::mpsc::UnboundedSender<Do
             Ok(version) => SimEvent::Reported { patch, version },
             Err(e) => SimEvent::ReportFailed {
                 patch,
-                reason: e.to_string(),
+                reason: muster_types::report(&e),
             },
         };
         let _ = done.send(Done::Event(event));

@@ -119,7 +119,7 @@ impl Paths {
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     /// File system.
-    #[error("{path}: {source}")]
+    #[error("cannot use {path}")]
     Io {
         /// The path.
         path: String,
@@ -128,7 +128,7 @@ pub enum BootstrapError {
         source: std::io::Error,
     },
     /// Certificates.
-    #[error("{path}: {source}")]
+    #[error("{path} is unusable")]
     Pki {
         /// The path.
         path: String,

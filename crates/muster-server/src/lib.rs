@@ -69,16 +69,16 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     /// Data directory.
-    #[error("data directory: {0}")]
+    #[error("cannot prepare the data directory")]
     Bootstrap(#[from] bootstrap::BootstrapError),
     /// Database.
-    #[error("database: {0}")]
+    #[error("cannot open the database")]
     Store(#[from] muster_store::StoreError),
     /// TLS.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// Binding a port.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -87,7 +87,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// Reading a file.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: String,

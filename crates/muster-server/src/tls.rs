@@ -69,10 +69,10 @@ impl ClientCertVerifier for DeferredClientAuth {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The certificate or key file is unusable.
-    #[error("server certificate: {0}")]
+    #[error("the server certificate or key is unusable")]
     Certificate(#[from] muster_pki::Error),
     /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
+    #[error("rustls refused the TLS configuration")]
     Rustls(#[from] rustls::Error),
 }
 

@@ -75,9 +75,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context chain joined, most general first.
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
+            // One line: the context chain joined, most general first, each cause once.
+            eprintln!("error: {}", muster_types::report(&*e));
             ExitCode::FAILURE
         }
     }
