@@ -1,9 +1,10 @@
 //! Device registration with the Device Provisioning Service (muster's or Azure's), over MQTT or
 //! HTTPS, with an X.509 certificate or a symmetric key.
 //!
-//! The flow (wire facts: spec §1 and §2): register → `202 {"status":"assigning",
-//! "operationId"}` with `retry-after` → poll the operation until `200 {"status":"assigned",
-//! "registrationState"}`. `429` and `5xx` answers are retried after their `retry-after`;
+//! The flow (wire facts: docs/wire-protocol.md §1 and §2): register → either `200
+//! {"status":"assigned", "registrationState"}` at once (muster's default) or Azure's `202
+//! {"status":"assigning", "operationId"}` with `retry-after`, then poll the operation until
+//! `200 {"status":"assigned", "registrationState"}`. `429` and `5xx` answers are retried after their `retry-after`;
 //! every other failure becomes [`Error::Provisioning`] with Azure's `errorCode`. The whole
 //! registration runs under one deadline ([`ProvisioningOptions::timeout`]).
 

@@ -389,40 +389,19 @@ struct Connected {
     events: HubEvents,
 }
 
-/// Run the fleet. `progress` is updated as it goes.
-///
-/// # Errors
-/// [`Error::InvalidOptions`] for impossible options; device failures are counted in the
-/// report, not returned.
-pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<FleetReport, Error> {
-    if options.devices == 0 || options.concurrency == 0 {
-        return Err(Error::InvalidOptions(
-            "devices and concurrency must be at least 1".into(),
-        ));
-    }
-    if options.qos > 1 {
-        return Err(Error::InvalidOptions("qos must be 0 or 1".into()));
-    }
-    if options.provisioning.is_none() && options.hub.host.is_none() {
-        return Err(Error::InvalidOptions(
-            "without provisioning, the hub host must be given".into(),
-        ));
-    }
-    let options = Arc::new(options);
-    let mut report = FleetReport {
-        devices: options.devices as u64,
-        ..FleetReport::default()
-    };
-    let mut errors = Errors::default();
+/// Identities minted per device (`None` where minting failed to run).
+type Minted = Vec<Option<(DpsCredentials, HubCredentials)>>;
 
+/// Identities for every device, before any timed phase.
+async fn mint(options: &Arc<FleetOptions>) -> Result<Minted, Error> {
     // Identities first, outside every timed phase: minting is the load generator's work, not
     // the server's. Spread over the blocking pool (all cores).
-    let mut minted: Vec<Option<(DpsCredentials, HubCredentials)>> = Vec::new();
+    let mut minted: Minted = Vec::new();
     minted.resize_with(options.devices, || None);
     let chunk = options.devices.div_ceil(8).max(1);
     let mut minting = JoinSet::new();
     for first in (0..options.devices).step_by(chunk) {
-        let options = Arc::clone(&options);
+        let options = Arc::clone(options);
         minting.spawn_blocking(move || {
             let last = (first + chunk).min(options.devices);
             (first..last)
@@ -438,17 +417,26 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
         }
     }
 
-    // Phase 1: provision (or take the identities as they are).
-    progress.phase.store(0, Ordering::Relaxed);
+    Ok(minted)
+}
+
+/// Phase 1: register every device (or take its identity as it is without provisioning).
+async fn provision(
+    options: &Arc<FleetOptions>,
+    minted: Minted,
+    limit: &Arc<Semaphore>,
+    progress: &Arc<Progress>,
+    report: &mut FleetReport,
+    errors: &mut Errors,
+) -> Vec<Ready> {
     let mut ready = Vec::with_capacity(options.devices);
-    let limit = Arc::new(Semaphore::new(options.concurrency));
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for (index, made) in minted.into_iter().enumerate() {
         let Some((dps, hub)) = made else { continue };
-        let options = Arc::clone(&options);
-        let limit = Arc::clone(&limit);
-        let progress = Arc::clone(&progress);
+        let options = Arc::clone(options);
+        let limit = Arc::clone(limit);
+        let progress = Arc::clone(progress);
         tasks.spawn(async move {
             pace(start, options.connect_rate, index).await;
             let _permit = limit.acquire_owned().await;
@@ -516,14 +504,24 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
     }
     ready.sort_by_key(|r| r.index);
 
-    // Phase 2: connect.
-    progress.phase.store(1, Ordering::Relaxed);
+    ready
+}
+
+/// Phase 2: connect every ready device to its hub.
+async fn connect(
+    options: &Arc<FleetOptions>,
+    ready: Vec<Ready>,
+    limit: &Arc<Semaphore>,
+    progress: &Arc<Progress>,
+    report: &mut FleetReport,
+    errors: &mut Errors,
+) -> Vec<Connected> {
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for (slot, device) in ready.into_iter().enumerate() {
-        let options = Arc::clone(&options);
-        let limit = Arc::clone(&limit);
-        let progress = Arc::clone(&progress);
+        let options = Arc::clone(options);
+        let limit = Arc::clone(limit);
+        let progress = Arc::clone(progress);
         tasks.spawn(async move {
             pace(start, options.connect_rate, slot).await;
             let _permit = limit.acquire_owned().await;
@@ -573,6 +571,54 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
     report.connected = fleet.len() as u64;
     report.connect_per_sec = rate(report.connected, last_done.duration_since(start));
     report.connect_latency_ms = Percentiles::of(&connect_latency);
+
+    fleet
+}
+
+/// Run the fleet. `progress` is updated as it goes.
+///
+/// # Errors
+/// [`Error::InvalidOptions`] for impossible options; device failures are counted in the
+/// report, not returned.
+pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<FleetReport, Error> {
+    if options.devices == 0 || options.concurrency == 0 {
+        return Err(Error::InvalidOptions(
+            "devices and concurrency must be at least 1".into(),
+        ));
+    }
+    if options.qos > 1 {
+        return Err(Error::InvalidOptions("qos must be 0 or 1".into()));
+    }
+    if options.provisioning.is_none() && options.hub.host.is_none() {
+        return Err(Error::InvalidOptions(
+            "without provisioning, the hub host must be given".into(),
+        ));
+    }
+    let options = Arc::new(options);
+    let mut report = FleetReport {
+        devices: options.devices as u64,
+        ..FleetReport::default()
+    };
+    let mut errors = Errors::default();
+
+    let minted = mint(&options).await?;
+
+    // Phase 1: provision (or take the identities as they are).
+    progress.phase.store(0, Ordering::Relaxed);
+    let limit = Arc::new(Semaphore::new(options.concurrency));
+    let ready = provision(
+        &options,
+        minted,
+        &limit,
+        &progress,
+        &mut report,
+        &mut errors,
+    )
+    .await;
+
+    // Phase 2: connect.
+    progress.phase.store(1, Ordering::Relaxed);
+    let mut fleet = connect(&options, ready, &limit, &progress, &mut report, &mut errors).await;
 
     // Phase 3: telemetry.
     progress.phase.store(2, Ordering::Relaxed);

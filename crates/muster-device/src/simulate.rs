@@ -300,31 +300,7 @@ pub async fn run(
     mut on_event: impl FnMut(SimEvent) + Send,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<Registration, Error> {
-    let dps = &options.provisioning;
-    on_event(SimEvent::Registering {
-        registration_id: registration_id(dps),
-        transport: match dps.transport {
-            crate::dps::Transport::Mqtt => "mqtt".to_owned(),
-            crate::dps::Transport::Https => "https".to_owned(),
-        },
-        endpoint: format!("{}:{}", dps.host, dps.port()),
-    });
-    let registration = ProvisioningClient::new(dps.clone())?.register().await?;
-    on_event(SimEvent::Registered {
-        status: registration.status.clone(),
-        assigned_hub: registration.assigned_hub.clone(),
-        device_id: registration.device_id.clone(),
-        substatus: registration.substatus.clone(),
-    });
-    let mut hub = HubOptions::for_registration(&registration, options.hub_credentials.clone());
-    hub.port = options.hub_port;
-    hub.trust = dps.trust.clone();
-    let (client, mut events) = HubClient::connect(hub).await?;
-    on_event(SimEvent::Connected {
-        hub: registration.assigned_hub.clone(),
-        device_id: registration.device_id.clone(),
-        session_present: false,
-    });
+    let (registration, client, mut events) = provision_and_connect(&options, &mut on_event).await?;
     // The client also announces that first connection as an event; it was shown above.
     let mut first_connected_seen = false;
     let seed = options.seed.unwrap_or_else(|| {
@@ -333,27 +309,7 @@ pub async fn run(
             .map_or(1, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
     });
     let mut sensor = Sensor::new(seed);
-    let mut delay = DEFAULT_TELEMETRY_DELAY;
-    let twin = client.get_twin().await?;
-    if let Some(v) = twin.desired.get("telemetryDelay") {
-        match parse_delay(v) {
-            Ok(d) => delay = d,
-            Err(reason) => on_event(SimEvent::DelayRejected {
-                version: twin.desired_version(),
-                value: v.clone(),
-                reason,
-                telemetry_delay: delay,
-            }),
-        }
-    }
-    on_event(SimEvent::TwinLoaded {
-        desired: twin.desired.clone(),
-        reported: twin.reported.clone(),
-        telemetry_delay: delay,
-    });
-    let patch = json!({"telemetryDelay": delay_json(delay)});
-    let version = client.patch_reported(&patch).await?;
-    on_event(SimEvent::Reported { patch, version });
+    let mut delay = load_twin(&client, &mut on_event).await?;
 
     // Sends and reports run beside the loop, which stays free to see a refusal or a stop
     // while the hub is unreachable; their outcomes come back here.
@@ -420,22 +376,9 @@ pub async fn run(
                 Some(HubEvent::DesiredPatch(patch)) => {
                     if let Some(v) = patch.get("telemetryDelay") {
                         let version = patch.get("$version").and_then(Value::as_u64);
-                        match parse_delay(v) {
-                            Ok(d) => {
-                                delay = d;
-                                on_event(SimEvent::DelayChanged {
-                                    version,
-                                    value: v.clone(),
-                                    telemetry_delay: d,
-                                });
-                                spawn_report(&client, &done_tx, d);
-                            }
-                            Err(reason) => on_event(SimEvent::DelayRejected {
-                                version,
-                                value: v.clone(),
-                                reason,
-                                telemetry_delay: delay,
-                            }),
+                        if let Some(d) = desired_delay(v, version, delay, &mut on_event) {
+                            delay = d;
+                            spawn_report(&client, &done_tx, d);
                         }
                     }
                 }
@@ -479,6 +422,104 @@ pub async fn run(
     // Stopping (Ctrl-C, or a refusal) does not wait for a hub that may not answer.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
     result
+}
+
+/// Register, then connect to the assigned hub.
+async fn provision_and_connect(
+    options: &SimulatorOptions,
+    on_event: &mut (impl FnMut(SimEvent) + Send),
+) -> Result<
+    (
+        Registration,
+        HubClient,
+        tokio::sync::mpsc::Receiver<HubEvent>,
+    ),
+    Error,
+> {
+    let dps = &options.provisioning;
+    on_event(SimEvent::Registering {
+        registration_id: registration_id(dps),
+        transport: match dps.transport {
+            crate::dps::Transport::Mqtt => "mqtt".to_owned(),
+            crate::dps::Transport::Https => "https".to_owned(),
+        },
+        endpoint: format!("{}:{}", dps.host, dps.port()),
+    });
+    let registration = ProvisioningClient::new(dps.clone())?.register().await?;
+    on_event(SimEvent::Registered {
+        status: registration.status.clone(),
+        assigned_hub: registration.assigned_hub.clone(),
+        device_id: registration.device_id.clone(),
+        substatus: registration.substatus.clone(),
+    });
+    let mut hub = HubOptions::for_registration(&registration, options.hub_credentials.clone());
+    hub.port = options.hub_port;
+    hub.trust = dps.trust.clone();
+    let (client, events) = HubClient::connect(hub).await?;
+    on_event(SimEvent::Connected {
+        hub: registration.assigned_hub.clone(),
+        device_id: registration.device_id.clone(),
+        session_present: false,
+    });
+    Ok((registration, client, events))
+}
+
+/// Read the twin, take `telemetryDelay` from it and report the value in effect.
+async fn load_twin(
+    client: &HubClient,
+    on_event: &mut (impl FnMut(SimEvent) + Send),
+) -> Result<f64, Error> {
+    let mut delay = DEFAULT_TELEMETRY_DELAY;
+    let twin = client.get_twin().await?;
+    if let Some(v) = twin.desired.get("telemetryDelay") {
+        match parse_delay(v) {
+            Ok(d) => delay = d,
+            Err(reason) => on_event(SimEvent::DelayRejected {
+                version: twin.desired_version(),
+                value: v.clone(),
+                reason,
+                telemetry_delay: delay,
+            }),
+        }
+    }
+    on_event(SimEvent::TwinLoaded {
+        desired: twin.desired.clone(),
+        reported: twin.reported.clone(),
+        telemetry_delay: delay,
+    });
+    let patch = json!({"telemetryDelay": delay_json(delay)});
+    let version = client.patch_reported(&patch).await?;
+    on_event(SimEvent::Reported { patch, version });
+
+    Ok(delay)
+}
+
+/// A desired `telemetryDelay`: the new delay, announced, or `None` (rejected, announced).
+fn desired_delay(
+    value: &Value,
+    version: Option<u64>,
+    current: f64,
+    on_event: &mut (impl FnMut(SimEvent) + Send),
+) -> Option<f64> {
+    match parse_delay(value) {
+        Ok(d) => {
+            on_event(SimEvent::DelayChanged {
+                version,
+                value: value.clone(),
+                telemetry_delay: d,
+            });
+            Some(d)
+        }
+        Err(reason) => {
+            on_event(SimEvent::DelayRejected {
+                version,
+                value: value.clone(),
+                reason,
+                telemetry_delay: current,
+            });
+            None
+        }
+    }
 }
 
 /// What the side tasks report back to the loop.

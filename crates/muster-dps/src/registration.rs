@@ -21,6 +21,27 @@ use crate::model::{
 };
 use crate::{Dps, DpsError, Hub, Page, check_id, time_fmt};
 
+/// The record's `x509` or `symmetricKey` part: how the device attested, and its group.
+fn describe_attestation(
+    state: &mut RegistrationState,
+    attested: &Attested,
+    group_id: Option<&str>,
+) {
+    match &attested.auth {
+        DeviceCredential::X509 { .. } => {
+            let mut x = json!({"certificateInfo": attested.leaf_info});
+            if let (Some(g), Some(o)) = (group_id, x.as_object_mut()) {
+                o.insert("enrollmentGroupId".into(), json!(g));
+            }
+            state.x509 = Some(x);
+        }
+        DeviceCredential::SymmetricKey { .. } => {
+            state.symmetric_key =
+                Some(group_id.map_or_else(|| json!({}), |g| json!({"enrollmentGroupId": g})));
+        }
+    }
+}
+
 /// How the device proved who it is.
 #[derive(Debug, Clone, Copy)]
 pub enum Credential<'a> {
@@ -483,36 +504,15 @@ impl Dps {
             .and_then(|h| self.hub(h))
             .cloned();
 
-        let candidates: Vec<&Hub> = if rules.hubs.is_empty() {
-            match rules.legacy_hub.and_then(|h| self.hub(h)) {
-                Some(h) => vec![h],
-                None => self.config.hubs.iter().collect(),
-            }
-        } else {
-            rules.hubs.iter().filter_map(|h| self.hub(h)).collect()
-        };
-        let mut decision: Option<crate::custom::Decision> = None;
-        let hub = match (&previous_hub, rules.policy.update_hub_assignment) {
-            (Some(prev), false) => prev.clone(),
-            _ if rules.allocation == AllocationPolicy::Custom => {
-                let d = self
-                    .custom_allocate(attested, &rules, request, previous.as_ref(), &candidates)
-                    .await?;
-                let hub = self
-                    .hub(&d.hub)
-                    .cloned()
-                    .ok_or_else(|| DpsError::AllocationFailed {
-                        reason: format!("hub '{}' is not hosted here", d.hub),
-                    })?;
-                decision = Some(d);
-                hub
-            }
-            _ => allocate(rules.allocation, &candidates, registration_id)
-                .cloned()
-                .ok_or_else(|| {
-                    DpsError::InvalidInput("no IoT hub is available for this enrollment".into())
-                })?,
-        };
+        let (hub, decision) = self
+            .choose_hub(
+                attested,
+                &rules,
+                request,
+                previous.as_ref(),
+                previous_hub.as_ref(),
+            )
+            .await?;
         let moved_from = previous_hub
             .as_ref()
             .filter(|p| !p.hostname.eq_ignore_ascii_case(&hub.hostname));
@@ -588,53 +588,89 @@ impl Dps {
             x509: None,
             symmetric_key: None,
         };
-        match &attested.auth {
-            DeviceCredential::X509 { .. } => {
-                let mut x = json!({"certificateInfo": attested.leaf_info});
-                if let (Some(g), Some(o)) = (rules.group_id, x.as_object_mut()) {
-                    o.insert("enrollmentGroupId".into(), json!(g));
-                }
-                state.x509 = Some(x);
-            }
-            DeviceCredential::SymmetricKey { .. } => {
-                state.symmetric_key = Some(
-                    rules
-                        .group_id
-                        .map_or_else(|| json!({}), |g| json!({"enrollmentGroupId": g})),
-                );
-            }
-        }
+        describe_attestation(&mut state, attested, rules.group_id);
+        self.write_record(state, rules.group_id, existing.as_ref())
+            .await
+    }
 
-        let record_body =
+    /// Which hub: the one the device has when the policy keeps assignments, the webhook's for
+    /// custom allocation, otherwise the allocation policy's choice among the enrollment's hubs.
+    async fn choose_hub(
+        &self,
+        attested: &Attested,
+        rules: &Rules<'_>,
+        request: &RegistrationRequest<'_>,
+        previous: Option<&RegistrationState>,
+        previous_hub: Option<&Hub>,
+    ) -> Result<(Hub, Option<crate::custom::Decision>), DpsError> {
+        if let (Some(prev), false) = (previous_hub, rules.policy.update_hub_assignment) {
+            return Ok((prev.clone(), None));
+        }
+        let candidates: Vec<&Hub> = if rules.hubs.is_empty() {
+            match rules.legacy_hub.and_then(|h| self.hub(h)) {
+                Some(h) => vec![h],
+                None => self.config.hubs.iter().collect(),
+            }
+        } else {
+            rules.hubs.iter().filter_map(|h| self.hub(h)).collect()
+        };
+        if rules.allocation == AllocationPolicy::Custom {
+            let d = self
+                .custom_allocate(attested, rules, request, previous, &candidates)
+                .await?;
+            let hub = self
+                .hub(&d.hub)
+                .cloned()
+                .ok_or_else(|| DpsError::AllocationFailed {
+                    reason: format!("hub '{}' is not hosted here", d.hub),
+                })?;
+            return Ok((hub, Some(d)));
+        }
+        let hub = allocate(rules.allocation, &candidates, request.registration_id)
+            .cloned()
+            .ok_or_else(|| {
+                DpsError::InvalidInput("no IoT hub is available for this enrollment".into())
+            })?;
+        Ok((hub, None))
+    }
+
+    /// Store the registration record unless another registration of the same id changed it
+    /// since it was read ([`DpsError::Conflict`]: `register` provisions once more).
+    async fn write_record(
+        &self,
+        mut state: RegistrationState,
+        group_id: Option<&str>,
+        existing: Option<&muster_store::Record>,
+    ) -> Result<RegistrationState, DpsError> {
+        let body =
             serde_json::to_value(&state).map_err(|e| DpsError::InvalidInput(e.to_string()))?;
+        let precondition = existing.map_or(Precondition::IfNoneMatch, |r| {
+            Precondition::IfMatch(r.etag.clone())
+        });
         let written = self
             .store
             .put(
                 Collection::Registrations,
-                registration_id,
-                rules.group_id,
-                &record_body,
-                existing.as_ref().map_or(Precondition::IfNoneMatch, |r| {
-                    Precondition::IfMatch(r.etag.clone())
-                }),
+                &state.registration_id,
+                group_id,
+                &body,
+                precondition,
             )
             .await;
-        let record = match written {
-            Ok(record) => record,
-            // A racing registration of the same id changed the state between read and write;
-            // `register` provisions once more from the new state.
+        match written {
+            Ok(record) => {
+                state.etag = Some(record.etag);
+                Ok(state)
+            }
             Err(
                 muster_store::StoreError::Conflict { .. }
                 | muster_store::StoreError::PreconditionFailed { .. },
-            ) => {
-                return Err(DpsError::Conflict(format!(
-                    "registration '{registration_id}' changed concurrently"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        state.etag = Some(record.etag);
-        Ok(state)
+            ) => Err(DpsError::Conflict(format!(
+                "registration '{}' changed concurrently",
+                state.registration_id
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn custom_allocate(

@@ -382,7 +382,8 @@ impl Hub {
             return Err(HubError::DeviceNotOnline(id.to_owned()));
         }
         match tokio::time::timeout(call.timeout, reply).await {
-            Ok(Ok((status, payload))) => {
+            Ok(Ok(None)) => Err(HubError::DeviceNotOnline(id.to_owned())),
+            Ok(Ok(Some((status, payload)))) => {
                 info!(
                     device_id = id,
                     method = call.name,
@@ -406,7 +407,13 @@ impl Hub {
     /// A device's answer to the call `rid`; `false` when no call waits for it (timed out).
     pub fn complete_method(&self, identity: &Identity, rid: &str, result: MethodResult) -> bool {
         self.presence
-            .complete_method(&identity.key(), rid, (result.status, result.payload))
+            .complete_method(&identity.key(), rid, Some((result.status, result.payload)))
+    }
+
+    /// The session of `identity` does not take direct methods (it never subscribed to them):
+    /// the call `rid` ends at once with [`HubError::DeviceNotOnline`], as in IoT Hub.
+    pub fn refuse_method(&self, identity: &Identity, rid: &str) {
+        self.presence.complete_method(&identity.key(), rid, None);
     }
 
     /// Queue a cloud-to-device message; a connected device hears of it at once.

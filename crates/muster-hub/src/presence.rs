@@ -73,8 +73,9 @@ const QUEUE: usize = 64;
 #[derive(Debug)]
 pub struct Presence {
     live: [Mutex<HashMap<String, Entry>>; SHARDS],
-    /// Direct-method calls awaiting the device's response, by `{identity key}/{rid}`.
-    methods: Mutex<HashMap<String, oneshot::Sender<MethodReply>>>,
+    /// Direct-method calls awaiting the device's response, by `{identity key}/{rid}`; `None`
+    /// answers that the session does not take methods.
+    methods: Mutex<HashMap<String, oneshot::Sender<Option<MethodReply>>>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -149,7 +150,11 @@ impl Presence {
     }
 
     /// Register a pending method call; the receiver gets the device's response.
-    pub(crate) fn expect_method(&self, key: &str, rid: &str) -> oneshot::Receiver<MethodReply> {
+    pub(crate) fn expect_method(
+        &self,
+        key: &str,
+        rid: &str,
+    ) -> oneshot::Receiver<Option<MethodReply>> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.methods.lock() {
             m.insert(format!("{key}/{rid}"), tx);
@@ -165,7 +170,7 @@ impl Presence {
     }
 
     /// Deliver a device's method response; `false` when no call is waiting for it.
-    pub(crate) fn complete_method(&self, key: &str, rid: &str, reply: MethodReply) -> bool {
+    pub(crate) fn complete_method(&self, key: &str, rid: &str, reply: Option<MethodReply>) -> bool {
         let waiting = self
             .methods
             .lock()

@@ -1,4 +1,4 @@
-//! Azure IoT Hub's MQTT topic grammar for devices and modules (spec §3): the filters a device
+//! Azure IoT Hub's MQTT topic grammar for devices and modules (docs/wire-protocol.md §3): the filters a device
 //! subscribes to, the topics it publishes on, and the topics the hub answers on. Both the
 //! server and the device client build and read topics here, so each shape exists once. Pure
 //! string grammar: what a topic *means* for a hub is decided in `muster-hub`.

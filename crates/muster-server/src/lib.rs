@@ -1,14 +1,16 @@
 //! # muster-server
 //!
 //! The network side of muster: configuration, the data-directory bootstrap, TLS, the MQTT
-//! listener (DPS today, the hub next), the HTTPS REST API, and orderly shutdown. Domain rules
-//! live in `muster-dps` (and `muster-hub`); this crate only translates.
+//! listener (DPS and hub sessions), the HTTPS REST API, the wiring between the domain crates,
+//! and orderly shutdown. Domain rules live in `muster-dps` and `muster-hub` (`Hub`); this crate
+//! only translates.
 //!
 //! # Layout
 //! - [`config`]: typed, layered configuration and the printable default.
 //! - [`bootstrap`]: trust root, server certificate, ID scope, policy keys, database location.
 //! - [`tls`]: the shared rustls configuration (client certificates requested, checked later).
-//! - `mqtt`: the MQTT listener, connection (cancel-safe, bounded) and the DPS session.
+//! - `mqtt`: the MQTT listener and its DPS and hub sessions (framing from `muster-mqtt`).
+//! - [`wiring`]: DPS → hub assignment and the DPS's CAs for hub authentication.
 //! - `rest`: the axum router: DPS service API, DPS device API over HTTPS, SAS auth, errors.
 //! - `device_api`: register/poll shared by both transports; `operations`: results awaiting a poll.
 //! - `json`: ASCII-only JSON for device responses; `webhook`: the HTTP client for custom allocation.
@@ -144,10 +146,6 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
     })
 }
 
-/// Bootstrap the data directory, bind both listeners and start serving.
-///
-/// # Errors
-/// [`ServerError`] with the failing file, port or setting.
 /// Prepare the data directory and build the shared context (no sockets yet).
 fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), ServerError> {
     config.check()?;
@@ -209,6 +207,10 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
     Ok((ctx, paths, state))
 }
 
+/// Bootstrap the data directory, bind both listeners and start serving.
+///
+/// # Errors
+/// [`ServerError`] with the failing file, port or setting.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let (ctx, paths, state) = build_context(&config)?;
     let chain = read(&paths.server())?;

@@ -51,6 +51,103 @@ fn hub_rest(server: &TestServer) -> common::Rest {
     common::Rest::new(cs, &server.ca_pem(), server.running.https_addr)
 }
 
+/// A REST client signing with another of the hub's policies.
+fn policy_rest(server: &TestServer, policy: &str) -> common::Rest {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("state.json")).unwrap())
+            .unwrap();
+    let key = state["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == policy)
+        .unwrap()["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut rest = hub_rest(server);
+    rest.key_name = policy.to_owned();
+    rest.key = key;
+    rest
+}
+
+#[tokio::test]
+async fn policies_have_iot_hub_rights() {
+    let server = TestServer::start().await;
+    let owner = hub_rest(&server);
+    owner
+        .ok(
+            Method::PUT,
+            "/devices/d1",
+            Some(json!({"deviceId": "d1"})),
+            &[],
+        )
+        .await;
+    let read = policy_rest(&server, "registryRead");
+    let service = policy_rest(&server, "service");
+    let write = policy_rest(&server, "registryReadWrite");
+    let query = json!({"query": "SELECT * FROM devices"});
+    let status = |r: (u16, reqwest::header::HeaderMap, Value)| r.0;
+    // RegistryRead reads and queries, and writes nothing.
+    assert_eq!(
+        status(read.send(Method::GET, "/devices/d1", None, &[]).await),
+        200
+    );
+    assert_eq!(
+        status(
+            read.send(Method::POST, "/devices/query", Some(query.clone()), &[])
+                .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            read.send(
+                Method::PUT,
+                "/devices/d2",
+                Some(json!({"deviceId": "d2"})),
+                &[]
+            )
+            .await
+        ),
+        401
+    );
+    // ServiceConnect updates twins and sends cloud-to-device messages, but not identities.
+    assert_eq!(
+        status(
+            service
+                .send(
+                    Method::PATCH,
+                    "/twins/d1",
+                    Some(json!({"tags": {"a": 1}})),
+                    &[]
+                )
+                .await
+        ),
+        200
+    );
+    assert_eq!(send_c2d(&service, "d1", b"hello", &[]).await, 204);
+    assert_eq!(
+        status(service.send(Method::DELETE, "/devices/d1", None, &[]).await),
+        401
+    );
+    // RegistryWrite manages identities, and sends nothing to devices.
+    assert_eq!(
+        status(
+            write
+                .send(
+                    Method::PUT,
+                    "/devices/d2",
+                    Some(json!({"deviceId": "d2"})),
+                    &[]
+                )
+                .await
+        ),
+        200
+    );
+    assert_eq!(send_c2d(&write, "d1", b"hello", &[]).await, 401);
+}
+
 /// Read `n` events from the stream, starting at `from`.
 async fn read_events(rest: &common::Rest, from: &str, n: usize) -> Vec<Value> {
     let mut resp = rest
@@ -427,6 +524,18 @@ async fn direct_methods_reach_the_device_and_return_its_answer() {
             Some((&chain, &pki.leaf.key_pem)),
         )
         .await;
+    // Connected but not taking methods (never subscribed): 404 at once, not a timeout.
+    let began = std::time::Instant::now();
+    let (status, _, body) = rest
+        .send(
+            Method::POST,
+            "/twins/device-1/methods",
+            Some(json!({"methodName": "reboot", "responseTimeoutInSeconds": 30})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(began.elapsed() < std::time::Duration::from_secs(10));
     dev.subscribe("$iothub/methods/POST/#").await;
     let caller = tokio::spawn(async move {
         rest.send(Method::POST, "/twins/device-1/methods", Some(json!({"methodName": "setDelay", "payload": {"seconds": 2}, "responseTimeoutInSeconds": 10})), &[]).await

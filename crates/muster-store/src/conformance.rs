@@ -15,6 +15,18 @@ use crate::{Collection, Precondition, Store, StoreError, Write};
     reason = "a test suite fails loudly"
 )]
 pub async fn run(store: &dyn Store) {
+    writes_and_preconditions(store).await;
+    namespaces_and_listing(store).await;
+    batches(store).await;
+}
+
+/// Create, read back, replace, the three preconditions, delete.
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a test suite fails loudly"
+)]
+async fn writes_and_preconditions(store: &dyn Store) {
     let c = Collection::EnrollmentGroups;
     assert!(
         store.get(c, "g1").await.unwrap().is_none(),
@@ -96,8 +108,16 @@ pub async fn run(store: &dyn Store) {
     );
     assert!(!store.delete(c, "g1", Precondition::None).await.unwrap());
     assert!(store.get(c, "g1").await.unwrap().is_none());
+}
 
-    // Collections are separate namespaces.
+/// Collections are separate namespaces; listing is in key order, pages with `after` and
+/// filters by index.
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a test suite fails loudly"
+)]
+async fn namespaces_and_listing(store: &dyn Store) {
     store
         .put(
             Collection::Enrollments,
@@ -153,8 +173,16 @@ pub async fn run(store: &dyn Store) {
         keys(store.list(r, Some("ga"), Some("d1"), 1).await.unwrap()),
         ["d3"]
     );
+}
 
-    // Batches are all or nothing.
+/// Batches are all or nothing (after [`namespaces_and_listing`], which leaves `d1`).
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a test suite fails loudly"
+)]
+async fn batches(store: &dyn Store) {
+    let r = Collection::Registrations;
     let d = Collection::Devices;
     let failed = store
         .write_batch(vec![

@@ -127,13 +127,21 @@ impl SqliteEventLog {
             .map_err(backend)?;
         let (latest_tx, latest) = watch::channel(u64::try_from(last).unwrap_or(0));
         let (jobs, rx) = mpsc::channel::<Job>(4096);
+        let reader = Arc::new(Mutex::new(reader));
+        // The writer thread closes both connections, one after the other, once the last handle
+        // is gone: SQLite can deadlock when two connections to one file close at the same time
+        // on different threads (seen in tests that drop a log while its writer winds down).
+        let last_reader = Arc::clone(&reader);
         std::thread::Builder::new()
             .name("muster-event-log".into())
-            .spawn(move || writer_loop(writer, rx, &latest_tx, retention))
+            .spawn(move || {
+                writer_loop(writer, rx, &latest_tx, retention);
+                drop(last_reader);
+            })
             .map_err(backend)?;
         Ok(Self {
             jobs,
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
             latest,
         })
     }

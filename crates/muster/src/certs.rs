@@ -1,6 +1,6 @@
 //! `muster certs`: the certificate tool (a safe replacement for the lab's `certGen.sh`).
 //!
-//! File names follow DESIGN.md: `root-ca.pem`, `root-ca.key.pem`, `intermediate-ca.pem`,
+//! File names follow docs/certificates.md: `root-ca.pem`, `root-ca.key.pem`, `intermediate-ca.pem`,
 //! `intermediate-ca.key.pem`, `ca-chain.pem`, `verification-code.pem` (+ `.key.pem`),
 //! `<id>.pem` (leaf then its chain without the root), `<id>.key.pem`, `<id>.pfx`.
 

@@ -1,4 +1,4 @@
-//! The command tree. Flags and their defaults are the contract described in DESIGN.md.
+//! The command tree. Flags and their defaults are the contract README.md and docs/ describe.
 
 use std::path::PathBuf;
 

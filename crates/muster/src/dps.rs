@@ -159,45 +159,7 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
             let (proof_pem, etag) = match (path, ca_key) {
                 (Some(p), _) => (read_text(&p)?, etag),
                 (None, Some(key_path)) => {
-                    let coded = generate_code(api, &name, etag).await?;
-                    let code = s(&coded, "/properties/verificationCode").to_owned();
-                    let der = base64::engine::general_purpose::STANDARD
-                        .decode(s(&coded, "/properties/certificate"))
-                        .context("the server returned an unreadable certificate")?;
-                    let ca = muster_pki::Certificate::from_der(&der)?;
-                    let password =
-                        match ca_key_password_env {
-                            Some(var) => Some(std::env::var(&var).with_context(|| {
-                                format!("environment variable {var} is not set")
-                            })?),
-                            None => None,
-                        };
-                    let key_bytes = std::fs::read(&key_path)
-                        .with_context(|| format!("cannot read {}", key_path.display()))?;
-                    let key = muster_pki::read_private_key(&key_bytes, password.as_deref())
-                        .with_context(|| key_path.display().to_string())?;
-                    let issuer = Issuer::new(ca, key).with_context(|| {
-                        format!(
-                            "{} is not the key of CA certificate '{name}'",
-                            key_path.display()
-                        )
-                    })?;
-                    let now = OffsetDateTime::now_utc();
-                    let proof = issuer.issue(
-                        &Request {
-                            common_name: code,
-                            organization: None,
-                            profile: Profile::Verification,
-                            not_before: now - Duration::minutes(5),
-                            not_after: (now + Duration::days(1))
-                                .min(issuer.certificate().not_after()),
-                        },
-                        muster_pki::Algorithm::EcdsaP256,
-                    )?;
-                    (
-                        proof.certificate.to_pem(),
-                        Some(s(&coded, "/etag").to_owned()),
-                    )
+                    sign_proof(api, &name, etag, &key_path, ca_key_password_env).await?
                 }
                 (None, None) => bail!("give --path or --ca-key"),
             };
@@ -220,6 +182,56 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
         }
     }
     Ok(())
+}
+
+/// Proof of possession in one step: fetch a verification code and sign a verification
+/// certificate for it with the CA's key (which never leaves this machine). Returns the proof
+/// and the etag to verify with.
+async fn sign_proof(
+    api: &Api,
+    name: &str,
+    etag: Option<String>,
+    key_path: &std::path::Path,
+    password_env: Option<String>,
+) -> Result<(String, Option<String>)> {
+    let coded = generate_code(api, name, etag).await?;
+    let code = s(&coded, "/properties/verificationCode").to_owned();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(s(&coded, "/properties/certificate"))
+        .context("the server returned an unreadable certificate")?;
+    let ca = muster_pki::Certificate::from_der(&der)?;
+    let password = match password_env {
+        Some(var) => Some(
+            std::env::var(&var)
+                .with_context(|| format!("environment variable {var} is not set"))?,
+        ),
+        None => None,
+    };
+    let key_bytes =
+        std::fs::read(key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+    let key = muster_pki::read_private_key(&key_bytes, password.as_deref())
+        .with_context(|| key_path.display().to_string())?;
+    let issuer = Issuer::new(ca, key).with_context(|| {
+        format!(
+            "{} is not the key of CA certificate '{name}'",
+            key_path.display()
+        )
+    })?;
+    let now = OffsetDateTime::now_utc();
+    let proof = issuer.issue(
+        &Request {
+            common_name: code,
+            organization: None,
+            profile: Profile::Verification,
+            not_before: now - Duration::minutes(5),
+            not_after: (now + Duration::days(1)).min(issuer.certificate().not_after()),
+        },
+        muster_pki::Algorithm::EcdsaP256,
+    )?;
+    Ok((
+        proof.certificate.to_pem(),
+        Some(s(&coded, "/etag").to_owned()),
+    ))
 }
 
 async fn generate_code(api: &Api, name: &str, etag: Option<String>) -> Result<Value> {
@@ -321,6 +333,55 @@ fn group_row(g: &Value) {
         s(g, "/allocationPolicy"),
         anchor
     );
+}
+
+/// `enrollment-group show`: the group, with its keys when asked.
+async fn show_group(api: &Api, enrollment_id: &str, show_keys: bool, output: Output) -> Result<()> {
+    let path = format!("/enrollmentGroups/{}", seg(enrollment_id));
+    let mut r = api.get(&path).await?;
+    if show_keys {
+        set(
+            &mut r,
+            "attestation",
+            api.call(
+                Method::POST,
+                &format!("{path}/attestationmechanism"),
+                None,
+                &[],
+            )
+            .await?
+            .body,
+        );
+    }
+    print(output, &r, |r| {
+        group_row(r);
+        out!(
+            "  initial twin  {}",
+            r.get("initialTwin")
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        out!(
+            "  reprovision   {}",
+            r.get("reprovisionPolicy")
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        out!(
+            "  hubs          {}",
+            r.get("iotHubs")
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        if show_keys
+            && let Some(k) = r
+                .pointer("/attestation/symmetricKey/primaryKey")
+                .and_then(Value::as_str)
+        {
+            out!("  primary key   {k}");
+        }
+    });
+    Ok(())
 }
 
 async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
@@ -431,52 +492,7 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
         GroupCommand::Show {
             enrollment_id,
             show_keys,
-        } => {
-            let path = format!("/enrollmentGroups/{}", seg(&enrollment_id));
-            let mut r = api.get(&path).await?;
-            if show_keys {
-                set(
-                    &mut r,
-                    "attestation",
-                    api.call(
-                        Method::POST,
-                        &format!("{path}/attestationmechanism"),
-                        None,
-                        &[],
-                    )
-                    .await?
-                    .body,
-                );
-            }
-            print(output, &r, |r| {
-                group_row(r);
-                out!(
-                    "  initial twin  {}",
-                    r.get("initialTwin")
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                );
-                out!(
-                    "  reprovision   {}",
-                    r.get("reprovisionPolicy")
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                );
-                out!(
-                    "  hubs          {}",
-                    r.get("iotHubs")
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                );
-                if show_keys
-                    && let Some(k) = r
-                        .pointer("/attestation/symmetricKey/primaryKey")
-                        .and_then(Value::as_str)
-                {
-                    out!("  primary key   {k}");
-                }
-            });
-        }
+        } => show_group(api, &enrollment_id, show_keys, output).await?,
         GroupCommand::Delete {
             enrollment_id,
             etag,

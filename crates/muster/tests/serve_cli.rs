@@ -1,4 +1,4 @@
-//! `muster serve` as a process: first start creates the data directory as DESIGN.md lays it out,
+//! `muster serve` as a process: first start creates the data directory as README.md lays it out,
 //! `muster info --json` describes it, `muster dps` commands work against it, SIGTERM stops it with
 //! exit code 0, and a restart keeps the ID scope.
 

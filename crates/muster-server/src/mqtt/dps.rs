@@ -1,4 +1,4 @@
-//! A DPS session over MQTT (wire facts: spec §1).
+//! A DPS session over MQTT (wire facts: docs/wire-protocol.md §1).
 //!
 //! The device subscribes to `$dps/registrations/res/#`, publishes a register request on
 //! `$dps/registrations/PUT/iotdps-register/?$rid=…`, then polls on
@@ -24,6 +24,17 @@ const POLL_PREFIX: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
 /// Longest silence accepted from a DPS client that asked for no keep-alive.
 const MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    code: ConnectReturnCode,
+) {
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+    });
+    let _ = conn.write_packet(&ack).await;
+}
+
 pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     ctx: &Context,
@@ -35,44 +46,26 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     if !scope.eq_ignore_ascii_case(&ctx.id_scope) {
         warn!(scope, "DPS connection for an unknown ID scope");
-        let _ = conn
-            .write_packet(&Packet::ConnAck(ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::NotAuthorized,
-            }))
-            .await;
-        return;
+        return refuse(conn, ConnectReturnCode::NotAuthorized).await;
     }
     let password = match connect.password.as_deref().map(std::str::from_utf8) {
         Some(Ok(p)) => Some(p.to_owned()),
         Some(Err(_)) => {
             warn!("DPS password is not UTF-8");
-            let _ = conn
-                .write_packet(&Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: ConnectReturnCode::BadUserNameOrPassword,
-                }))
-                .await;
-            return;
+            return refuse(conn, ConnectReturnCode::BadUserNameOrPassword).await;
         }
         None => None,
     };
-    let chain = match peer {
-        Ok(chain) => chain,
-        Err(reason) => {
-            // Unparseable certificates are a refusal at registration time, with the reason logged.
-            warn!(reason, "client certificate cannot be parsed");
-            Vec::new()
-        }
-    };
-    if conn
-        .write_packet(&Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: ConnectReturnCode::Accepted,
-        }))
-        .await
-        .is_err()
-    {
+    let chain = peer.unwrap_or_else(|reason| {
+        // Unparseable certificates are a refusal at registration time, with the reason logged.
+        warn!(reason, "client certificate cannot be parsed");
+        Vec::new()
+    });
+    let accepted = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::Accepted,
+    });
+    if conn.write_packet(&accepted).await.is_err() {
         return;
     }
     debug!(
@@ -83,104 +76,131 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // Keep-alive is enforced at 1.5× the client's value; a client that asks for none still may
     // not idle longer than a DPS exchange needs.
     let keep_alive = if connect.keep_alive > 0 {
-        Some(std::time::Duration::from_millis(
-            u64::from(connect.keep_alive) * 1500,
-        ))
+        std::time::Duration::from_millis(u64::from(connect.keep_alive) * 1500)
     } else {
-        Some(MAX_IDLE)
+        MAX_IDLE
     };
+    let mut session = DpsSession {
+        conn,
+        ctx,
+        registration_id,
+        chain,
+        password,
+    };
+    session.serve(keep_alive, shutdown).await;
+}
 
-    loop {
-        let next = async {
-            match keep_alive {
-                Some(limit) => tokio::time::timeout(limit, conn.read_packet()).await.ok(),
-                None => Some(conn.read_packet().await),
+/// One DPS client connection after CONNACK.
+struct DpsSession<'a, S> {
+    conn: &'a mut Connection<S>,
+    ctx: &'a Context,
+    registration_id: &'a str,
+    chain: Vec<muster_pki::Certificate>,
+    password: Option<String>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> DpsSession<'_, S> {
+    /// Packets until the client leaves, breaks the protocol or goes quiet; then the
+    /// connection closes.
+    async fn serve(&mut self, keep_alive: std::time::Duration, shutdown: &CancellationToken) {
+        loop {
+            let next = tokio::time::timeout(keep_alive, self.conn.read_packet());
+            let packet = tokio::select! {
+                () = shutdown.cancelled() => return,
+                p = next => p,
+            };
+            let packet = match packet {
+                Err(_) => return info!("keep-alive expired; closing"),
+                Ok(Ok(Some(p))) => p,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => return warn!(error = %e, "closing DPS connection"),
+            };
+            if let Err(reason) = self.handle(packet).await {
+                return debug!(reason, "closing DPS connection");
             }
-        };
-        let packet = tokio::select! {
-            () = shutdown.cancelled() => return,
-            p = next => p,
-        };
-        let packet = match packet {
-            None => {
-                info!("keep-alive expired; closing");
-                return;
-            }
-            Some(Ok(Some(p))) => p,
-            Some(Ok(None)) => return,
-            Some(Err(e)) => {
-                warn!(error = %e, "closing DPS connection");
-                return;
-            }
-        };
-        let result = match packet {
-            Packet::Subscribe(sub) => {
-                let return_codes = sub
-                    .filters
-                    .iter()
-                    .map(|(filter, qos)| {
-                        if filter == RESPONSE_FILTER {
-                            SubAckReturnCode::Success((*qos).min(QoS::AtLeastOnce))
-                        } else {
-                            warn!(filter, "DPS subscription to a foreign topic refused");
-                            SubAckReturnCode::Failure
-                        }
-                    })
-                    .collect();
-                conn.write_packet(&Packet::SubAck(SubAck {
-                    packet_id: sub.packet_id,
-                    return_codes,
-                }))
-                .await
-            }
-            Packet::Unsubscribe(u) => conn.write_packet(&Packet::UnsubAck(u.packet_id)).await,
-            Packet::PingReq => conn.write_packet(&Packet::PingResp).await,
-            Packet::Disconnect => return,
+        }
+    }
+
+    async fn write(&mut self, packet: &Packet) -> Result<(), &'static str> {
+        self.conn.write_packet(packet).await.map_err(|e| {
+            debug!(error = %e, "write failed");
+            "write failed"
+        })
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Result<(), &'static str> {
+        match packet {
+            Packet::Subscribe(sub) => self.on_subscribe(&sub).await,
+            Packet::Unsubscribe(u) => self.write(&Packet::UnsubAck(u.packet_id)).await,
+            Packet::PingReq => self.write(&Packet::PingResp).await,
+            Packet::Disconnect => Err("the client disconnected"),
             Packet::PubAck(_) => Ok(()),
-            Packet::Publish(p) => {
-                if p.qos == QoS::ExactlyOnce {
-                    warn!(topic = p.topic, "QoS 2 is not supported; closing");
-                    return;
-                }
-                let own_topic =
-                    p.topic.starts_with(REGISTER_PREFIX) || p.topic.starts_with(POLL_PREFIX);
-                if !own_topic {
-                    warn!(
-                        topic = p.topic,
-                        "publish to a topic outside this device's DPS topics; closing"
-                    );
-                    return;
-                }
-                if let Some(id) = p.packet_id
-                    && p.qos == QoS::AtLeastOnce
-                    && conn.write_packet(&Packet::PubAck(id)).await.is_err()
-                {
-                    return;
-                }
-                let Some(reply) =
-                    handle_publish(ctx, &p, registration_id, &chain, password.as_deref()).await
-                else {
-                    warn!(
-                        topic = p.topic,
-                        "publish to a topic outside this device's DPS topics; closing"
-                    );
-                    return;
-                };
-                let (rid, reply) = reply;
-                respond(conn, &rid, &reply).await
-            }
+            Packet::Publish(p) => self.on_publish(p).await,
             other => {
                 warn!(
                     packet = other.name(),
                     "unexpected packet from a DPS client; closing"
                 );
-                return;
+                Err("unexpected packet")
             }
-        };
-        if let Err(e) = result {
-            debug!(error = %e, "write failed; closing");
-            return;
         }
+    }
+
+    async fn on_subscribe(&mut self, sub: &muster_mqtt::Subscribe) -> Result<(), &'static str> {
+        let return_codes = sub
+            .filters
+            .iter()
+            .map(|(filter, qos)| {
+                if filter == RESPONSE_FILTER {
+                    SubAckReturnCode::Success((*qos).min(QoS::AtLeastOnce))
+                } else {
+                    warn!(filter, "DPS subscription to a foreign topic refused");
+                    SubAckReturnCode::Failure
+                }
+            })
+            .collect();
+        let ack = Packet::SubAck(SubAck {
+            packet_id: sub.packet_id,
+            return_codes,
+        });
+        self.write(&ack).await
+    }
+
+    async fn on_publish(&mut self, p: Publish) -> Result<(), &'static str> {
+        if p.qos == QoS::ExactlyOnce {
+            warn!(topic = p.topic, "QoS 2 is not supported; closing");
+            return Err("QoS 2");
+        }
+        let own_topic = p.topic.starts_with(REGISTER_PREFIX) || p.topic.starts_with(POLL_PREFIX);
+        if !own_topic {
+            warn!(
+                topic = p.topic,
+                "publish to a topic outside this device's DPS topics; closing"
+            );
+            return Err("foreign topic");
+        }
+        if let (Some(id), QoS::AtLeastOnce) = (p.packet_id, p.qos) {
+            self.write(&Packet::PubAck(id)).await?;
+        }
+        let reply = handle_publish(
+            self.ctx,
+            &p,
+            self.registration_id,
+            &self.chain,
+            self.password.as_deref(),
+        )
+        .await;
+        let Some((rid, reply)) = reply else {
+            warn!(
+                topic = p.topic,
+                "publish to a topic outside this device's DPS topics; closing"
+            );
+            return Err("foreign topic");
+        };
+        respond(self.conn, &rid, &reply).await.map_err(|e| {
+            debug!(error = %e, "write failed");
+            "write failed"
+        })
     }
 }
 

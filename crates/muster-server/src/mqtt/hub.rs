@@ -1,4 +1,4 @@
-//! A hub device session over MQTT (wire facts: spec §3).
+//! A hub device session over MQTT (wire facts: docs/wire-protocol.md §3).
 //!
 //! This file only translates: the CONNECT packet becomes a [`Credential`] for
 //! [`muster_hub::Hub::authenticate`], topics become domain actions that the identity is
@@ -374,24 +374,28 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
         self.write(&packet).await
     }
 
-    /// A hub event: publish it if the device subscribed to where it goes.
+    /// A hub event: publish it if the device subscribed to where it goes. A method call for a
+    /// device that takes no methods fails at once (404), as in IoT Hub.
     async fn on_outbound(&mut self, out: Outbound) -> Result<(), Close> {
-        let (topic, payload) = match out {
+        let (topic, payload, method) = match out {
             Outbound::Mail if self.wants_mail() => return self.deliver_mail().await,
             Outbound::Mail => return Ok(()),
             Outbound::DesiredPatch { version, patch } => (
                 iothub::desired_patch(version),
                 patch.to_string().into_bytes(),
+                None,
             ),
             Outbound::MethodRequest { rid, name, payload } => {
-                (iothub::method_request(&name, &rid), payload)
+                (iothub::method_request(&name, &rid), payload, Some(rid))
             }
         };
         if self.subscriptions.iter().any(|f| topic::matches(f, &topic)) {
-            self.publish(topic, payload).await
-        } else {
-            Ok(())
+            return self.publish(topic, payload).await;
         }
+        if let Some(rid) = method {
+            self.hub.refuse_method(&self.auth.identity, &rid);
+        }
+        Ok(())
     }
 
     async fn save_subscriptions(&self) {

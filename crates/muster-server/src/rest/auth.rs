@@ -1,4 +1,4 @@
-//! SAS authentication of management calls (spec §5.2): any field order, HMAC over the raw
+//! SAS authentication of management calls (docs/wire-protocol.md §4): any field order, HMAC over the raw
 //! `sr`, resource = one of this server's host names (with or without `:port`), `skn` = a policy
 //! that has the right.
 
@@ -85,8 +85,10 @@ const HUB_READ: [&str; 4] = [
 const REGISTRY_WRITE: [&str; 2] = ["iothubowner", "registryReadWrite"];
 const TWIN_WRITE: [&str; 2] = ["iothubowner", "service"];
 
-/// Middleware for the hub service API: reads need any hub policy, registry writes
-/// `registryReadWrite`, twin writes `service` (`iothubowner` may do everything).
+/// Middleware for the hub service API, with IoT Hub's permissions: reads and queries need any
+/// hub policy (RegistryRead), identity writes `registryReadWrite` (RegistryWrite), twin writes,
+/// direct methods and cloud-to-device sends `service` (ServiceConnect); `iothubowner` may do
+/// everything.
 pub(crate) async fn require_hub_policy(
     State(ctx): State<Arc<Context>>,
     mut req: Request<Body>,
@@ -96,13 +98,17 @@ pub(crate) async fn require_hub_policy(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    let allowed: &[&str] = if req.method() == axum::http::Method::GET {
-        &HUB_READ
-    } else if req.uri().path().starts_with("/twins") {
-        &TWIN_WRITE
-    } else {
-        &REGISTRY_WRITE
-    };
+    let path = req.uri().path();
+    let allowed: &[&str] =
+        if req.method() == axum::http::Method::GET || path.eq_ignore_ascii_case("/devices/query") {
+            &HUB_READ
+        } else if path.starts_with("/twins")
+            || path.to_ascii_lowercase().ends_with("/messages/devicebound")
+        {
+            &TWIN_WRITE
+        } else {
+            &REGISTRY_WRITE
+        };
     match check(&ctx, header, allowed) {
         Ok(host) => {
             let hub = ctx.hub.hub_for_host(&host);

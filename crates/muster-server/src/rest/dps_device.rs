@@ -1,4 +1,4 @@
-//! DPS device API over HTTPS (spec §2): `PUT /{idScope}/registrations/{id}/register` and
+//! DPS device API over HTTPS (docs/wire-protocol.md §2): `PUT /{idScope}/registrations/{id}/register` and
 //! `GET /{idScope}/registrations/{id}/operations/{operationId}`. X.509 devices authenticate with
 //! their TLS client certificate, SAS devices with the `Authorization` header.
 

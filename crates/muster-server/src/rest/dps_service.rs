@@ -1,4 +1,4 @@
-//! DPS service API (spec §5.5 and §6): CA certificates, enrollment groups, individual
+//! DPS service API (docs/wire-protocol.md §5.2): CA certificates, enrollment groups, individual
 //! enrollments, registration records.
 
 use std::sync::Arc;

@@ -30,7 +30,7 @@ struct StreamQuery {
     device_id: Option<String>,
 }
 
-/// One event as the stream shows it (DESIGN.md's shape).
+/// One event as the stream shows it (docs/wire-protocol.md §5.1).
 pub(crate) fn event_json(e: &Event) -> Value {
     let props: Map<String, Value> = e
         .event

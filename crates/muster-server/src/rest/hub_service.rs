@@ -1,4 +1,4 @@
-//! IoT Hub service API (spec §5.3): device registry and twins, with the status codes the
+//! IoT Hub service API (docs/wire-protocol.md §5.1): device registry and twins, with the status codes the
 //! Python service SDK insists on (PUT device 200, DELETE 204, twin PATCH 200 + full twin) and
 //! IoT Hub's legacy error body `{"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":…}`.
 
