@@ -180,6 +180,7 @@ mod tests {
     use muster_store::sqlite::SqliteStore;
     use serde_json::json;
 
+    use crate::model::ConnectionState;
     use crate::registry::Registry;
 
     #[tokio::test]
@@ -211,23 +212,21 @@ mod tests {
             reset, 2,
             "the device and the module that lost their connection"
         );
-        let state = |d: serde_json::Value| d["connectionState"].as_str().unwrap().to_owned();
-        assert_eq!(
-            state(registry.get_device("hub", "gone").await.unwrap()),
-            "Disconnected"
-        );
-        assert_eq!(
-            state(registry.get_device("hub", "live").await.unwrap()),
-            "Connected"
-        );
-        assert_eq!(
-            state(registry.get_device("hub", "never").await.unwrap()),
-            "Disconnected"
-        );
-        assert_eq!(
-            state(registry.get_module("hub", "gone", "m").await.unwrap()),
-            "Disconnected"
-        );
+        let state = |id| {
+            let registry = &registry;
+            async move {
+                registry
+                    .get_device("hub", id)
+                    .await
+                    .unwrap()
+                    .connection_state
+            }
+        };
+        assert_eq!(state("gone").await, ConnectionState::Disconnected);
+        assert_eq!(state("live").await, ConnectionState::Connected);
+        assert_eq!(state("never").await, ConnectionState::Disconnected);
+        let module = registry.get_module("hub", "gone", "m").await.unwrap();
+        assert_eq!(module.connection_state, ConnectionState::Disconnected);
     }
 
     #[tokio::test]
@@ -245,17 +244,17 @@ mod tests {
             .unwrap();
         registry.record_activity("hub", "d", None).await.unwrap();
         let connected = registry.get_device("hub", "d").await.unwrap();
-        assert_eq!(connected["connectionState"], "Connected");
-        assert_eq!(connected["etag"], before["etag"]);
+        assert_eq!(connected.connection_state, ConnectionState::Connected);
+        assert_eq!(connected.etag, before.etag);
         let twin = registry.get_twin("hub", "d").await.unwrap();
-        assert_eq!(twin["connectionState"], "Connected");
+        assert_eq!(twin.connection_state, ConnectionState::Connected);
         // The service pattern: read, change status, write back with the etag read before.
         registry
             .put_device(
                 "hub",
                 "d",
                 &json!({"deviceId": "d", "status": "disabled"}),
-                before["etag"].as_str(),
+                Some(&before.etag),
             )
             .await
             .unwrap();

@@ -16,6 +16,7 @@ use crate::c2d::{C2dMessage, Delivery};
 use crate::docs;
 use crate::identity::{Action, Identity};
 use crate::methods::{MethodCall, MethodResult};
+use crate::model::{Device, DeviceStatus, Module, Twin};
 use crate::presence::{Outbound, Presence, Registration};
 use crate::registry::{HubError, Registry};
 use crate::telemetry::{IngestError, MAX_TELEMETRY, Telemetry, to_event};
@@ -254,7 +255,7 @@ impl Hub {
         body: &Value,
         if_match: Option<&str>,
         replace: bool,
-    ) -> Result<Value, HubError> {
+    ) -> Result<Twin, HubError> {
         let (twin, notification) = self
             .registry
             .update_twin(hub, id, body, if_match, replace)
@@ -281,9 +282,9 @@ impl Hub {
         id: &str,
         body: &Value,
         if_match: Option<&str>,
-    ) -> Result<Value, HubError> {
+    ) -> Result<Device, HubError> {
         let device = self.registry.put_device(hub, id, body, if_match).await?;
-        if device.get("status").and_then(Value::as_str) == Some("disabled") {
+        if device.status == DeviceStatus::Disabled {
             self.kick_device(hub, id).await;
         }
         Ok(device)
@@ -305,29 +306,25 @@ impl Hub {
             .await
             .unwrap_or_default();
         self.registry.delete_device(hub, id, if_match).await?;
-        self.presence.kick(&docs::key(hub, id));
-        for m in modules {
-            if let Some(mid) = m.get("moduleId").and_then(Value::as_str) {
-                let module = crate::modules::module_identity(id, mid);
-                self.presence.kick(&docs::key(hub, &module));
-            }
-        }
+        self.kick(hub, id, &modules);
         Ok(())
     }
 
     /// Close the connections of a device and its modules.
     async fn kick_device(&self, hub: &str, id: &str) {
-        self.presence.kick(&docs::key(hub, id));
-        for m in self
+        let modules = self
             .registry
             .list_modules(hub, id)
             .await
-            .unwrap_or_default()
-        {
-            if let Some(mid) = m.get("moduleId").and_then(Value::as_str) {
-                let module = crate::modules::module_identity(id, mid);
-                self.presence.kick(&docs::key(hub, &module));
-            }
+            .unwrap_or_default();
+        self.kick(hub, id, &modules);
+    }
+
+    fn kick(&self, hub: &str, id: &str, modules: &[Module]) {
+        self.presence.kick(&docs::key(hub, id));
+        for m in modules {
+            let module = crate::modules::module_identity(id, &m.module_id);
+            self.presence.kick(&docs::key(hub, &module));
         }
     }
 

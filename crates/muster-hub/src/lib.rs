@@ -16,6 +16,8 @@
 //! - [`c2d`]: the cloud-to-device mailbox with lock tokens (complete, abandon, reject, expiry).
 //! - [`methods`]: direct-method calls and their limits.
 //! - [`activity`]: connection state, kept out of the identity etag.
+//! - [`model`]: the typed domain — [`model::Device`], [`model::Module`], [`model::Twin`] in IoT
+//!   Hub's service shapes.
 //! - [`twin`]: device twins — merge patches with `null` deleting, `$version` per section,
 //!   `$metadata` with `$lastUpdated`/`$lastUpdatedVersion` per leaf, the twin's own `version`,
 //!   Azure's limits (32 KB desired and reported, 8 KB tags, depth ≤ 10, key rules), and the
@@ -35,6 +37,7 @@ pub mod docs;
 pub mod hub;
 pub mod identity;
 pub mod methods;
+pub mod model;
 pub mod modules;
 pub mod presence;
 pub mod provision;
@@ -45,5 +48,6 @@ pub mod twin;
 
 pub use hub::{Hub, Settlement};
 pub use identity::{Action, Identity, Target};
+pub use model::{Device, Module, Twin};
 /// Azure's timestamp format (from `muster-types`).
 pub use muster_types::time_fmt;

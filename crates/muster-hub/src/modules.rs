@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::docs;
+use crate::model::{Module, typed};
 use crate::registry::{
     HubError, Registry, authentication, check_device_id, check_module_id, precondition,
 };
@@ -35,7 +36,7 @@ impl Registry {
         module_id: &str,
         body: &Value,
         if_match: Option<&str>,
-    ) -> Result<Value, HubError> {
+    ) -> Result<Module, HubError> {
         check_device_id(device_id)?;
         check_module_id(module_id)?;
         for (field, expected) in [("deviceId", device_id), ("moduleId", module_id)] {
@@ -124,13 +125,15 @@ impl Registry {
             "module identity stored"
         );
         let etag = etags.first().cloned().unwrap_or_default();
-        self.view(muster_store::Record {
-            key: key_for_view,
-            index: None,
-            body: doc,
-            etag,
-        })
-        .await
+        let view = self
+            .view(muster_store::Record {
+                key: key_for_view,
+                index: None,
+                body: doc,
+                etag,
+            })
+            .await?;
+        typed(view)
     }
 
     /// One module.
@@ -142,21 +145,21 @@ impl Registry {
         hub: &str,
         device_id: &str,
         module_id: &str,
-    ) -> Result<Value, HubError> {
+    ) -> Result<Module, HubError> {
         let id = module_identity(device_id, module_id);
         let r = self
             .store
             .get(Collection::Modules, &docs::key(hub, &id))
             .await?
             .ok_or(HubError::ModuleNotFound(id))?;
-        self.view(r).await
+        typed(self.view(r).await?)
     }
 
     /// A device's modules, by id.
     ///
     /// # Errors
     /// [`HubError::DeviceNotFound`].
-    pub async fn list_modules(&self, hub: &str, device_id: &str) -> Result<Vec<Value>, HubError> {
+    pub async fn list_modules(&self, hub: &str, device_id: &str) -> Result<Vec<Module>, HubError> {
         let device = docs::key(hub, device_id);
         if self
             .store
@@ -172,7 +175,7 @@ impl Registry {
             .await?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            out.push(self.view(r).await?);
+            out.push(typed(self.view(r).await?)?);
         }
         Ok(out)
     }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tracing::info;
 
 use crate::docs::{self, DeviceAuth};
+use crate::model::{Device, Twin, typed};
 use crate::query::Shape;
 use crate::twin::{self, Limits, Section, TwinError};
 use muster_types::{DeviceId, ModuleId, time_fmt};
@@ -63,6 +64,9 @@ pub enum HubError {
     /// 500.
     #[error("internal storage error")]
     Store(#[source] StoreError),
+    /// 500: a stored document does not have the shape it should.
+    #[error("a stored identity or twin is unreadable: {0}")]
+    Corrupt(String),
 }
 
 impl From<StoreError> for HubError {
@@ -91,7 +95,7 @@ impl HubError {
             Self::QueueFull(_) => 403,
             Self::DeviceAlreadyExists(_) | Self::ModuleAlreadyExists(_) => 409,
             Self::PreconditionFailed | Self::MessageLockLost => 412,
-            Self::Store(_) | Self::NoRandomness => 500,
+            Self::Store(_) | Self::NoRandomness | Self::Corrupt(_) => 500,
         }
     }
 
@@ -110,7 +114,7 @@ impl HubError {
             Self::ModuleAlreadyExists(_) => "ModuleAlreadyExistsOnDevice",
             Self::PreconditionFailed => "PreconditionFailed",
             Self::MessageLockLost => "DeviceMessageLockLost",
-            Self::Store(_) | Self::NoRandomness => "ServerError",
+            Self::Store(_) | Self::NoRandomness | Self::Corrupt(_) => "ServerError",
         }
     }
 
@@ -118,7 +122,9 @@ impl HubError {
     #[must_use]
     pub fn public_message(&self) -> String {
         match self {
-            Self::Store(_) | Self::NoRandomness => "Internal server error".to_owned(),
+            Self::Store(_) | Self::NoRandomness | Self::Corrupt(_) => {
+                "Internal server error".to_owned()
+            }
             other => other.to_string(),
         }
     }
@@ -289,7 +295,7 @@ impl Registry {
         id: &str,
         body: &Value,
         if_match: Option<&str>,
-    ) -> Result<Value, HubError> {
+    ) -> Result<Device, HubError> {
         check_device_id(id)?;
         if let Some(claimed) = body.get("deviceId").and_then(Value::as_str)
             && claimed != id
@@ -374,26 +380,28 @@ impl Registry {
             "device identity stored"
         );
         let etag = etags.first().cloned().unwrap_or_default();
-        self.view(muster_store::Record {
-            key: key_for_view,
-            index: None,
-            body: doc,
-            etag,
-        })
-        .await
+        let view = self
+            .view(muster_store::Record {
+                key: key_for_view,
+                index: None,
+                body: doc,
+                etag,
+            })
+            .await?;
+        typed(view)
     }
 
     /// One device.
     ///
     /// # Errors
     /// [`HubError::DeviceNotFound`].
-    pub async fn get_device(&self, hub: &str, id: &str) -> Result<Value, HubError> {
+    pub async fn get_device(&self, hub: &str, id: &str) -> Result<Device, HubError> {
         let r = self
             .store
             .get(Collection::Devices, &docs::key(hub, id))
             .await?
             .ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
-        self.view(r).await
+        typed(self.view(r).await?)
     }
 
     /// Delete a device and its twin.
@@ -471,7 +479,7 @@ impl Registry {
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn list_devices(&self, hub: &str, top: usize) -> Result<Vec<Value>, HubError> {
+    pub async fn list_devices(&self, hub: &str, top: usize) -> Result<Vec<Device>, HubError> {
         let records = self
             .store
             .list(
@@ -483,7 +491,7 @@ impl Registry {
             .await?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            out.push(self.view(r).await?);
+            out.push(typed(self.view(r).await?)?);
         }
         Ok(out)
     }
@@ -618,9 +626,9 @@ impl Registry {
     ///
     /// # Errors
     /// [`HubError::DeviceNotFound`].
-    pub async fn get_twin(&self, hub: &str, id: &str) -> Result<Value, HubError> {
+    pub async fn get_twin(&self, hub: &str, id: &str) -> Result<Twin, HubError> {
         let (twin, device) = self.load_twin(hub, id).await?;
-        Ok(Self::twin_view(&twin.body, &twin.etag, &device))
+        typed(Self::twin_view(&twin.body, &twin.etag, &device))
     }
 
     /// `PATCH /twins/{id}` (merge tags and desired) or `PUT /twins/{id}` (replace them). Returns
@@ -635,7 +643,7 @@ impl Registry {
         body: &Value,
         if_match: Option<&str>,
         replace: bool,
-    ) -> Result<(Value, Option<Value>), HubError> {
+    ) -> Result<(Twin, Option<Value>), HubError> {
         if !body.is_object() {
             return Err(HubError::Twin(TwinError::NotAnObject { what: "the twin" }));
         }
@@ -686,7 +694,10 @@ impl Registry {
             desired_changed = notification.is_some(),
             "twin updated by a service"
         );
-        Ok((Self::twin_view(&twin, &saved.etag, &device), notification))
+        Ok((
+            typed(Self::twin_view(&twin, &saved.etag, &device))?,
+            notification,
+        ))
     }
 }
 

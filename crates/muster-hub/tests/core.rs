@@ -64,6 +64,10 @@ fn hub_with(cas: Arc<dyn CaSource>) -> Fixture {
     Fixture { hub, _dir: dir }
 }
 
+fn as_json(v: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
+
 fn now() -> u64 {
     u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap()
 }
@@ -153,12 +157,13 @@ async fn sas_authentication() {
     assert!(matches!(invalid, Err(AuthError::InvalidId(_))));
 
     // A disabled device is refused before its credentials are looked at.
-    let mut device = f
-        .hub
-        .registry()
-        .get_device("hub.local", "d1")
-        .await
-        .unwrap();
+    let mut device = as_json(
+        f.hub
+            .registry()
+            .get_device("hub.local", "d1")
+            .await
+            .unwrap(),
+    );
     device["status"] = json!("disabled");
     f.hub
         .put_device("hub.local", "d1", &device, Some("*"))
@@ -178,7 +183,7 @@ async fn module_tokens_name_the_module() {
         .put_module("hub.local", "gw", "m1", &json!({}), None)
         .await
         .unwrap();
-    let key = module["authentication"]["symmetricKey"]["primaryKey"]
+    let key = as_json(module)["authentication"]["symmetricKey"]["primaryKey"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -412,11 +417,13 @@ async fn live_sessions_hear_of_twin_changes_mail_and_removal() {
         .identity;
     let mut session = f.hub.connect(&me).await;
     assert_eq!(
-        f.hub
-            .registry()
-            .get_device("hub.local", "d1")
-            .await
-            .unwrap()["connectionState"],
+        as_json(
+            f.hub
+                .registry()
+                .get_device("hub.local", "d1")
+                .await
+                .unwrap()
+        )["connectionState"],
         "Connected"
     );
     f.hub
@@ -470,12 +477,13 @@ async fn live_sessions_hear_of_twin_changes_mail_and_removal() {
         .unwrap();
 
     // Disabling the device ends its session; the disconnect is recorded.
-    let mut device = f
-        .hub
-        .registry()
-        .get_device("hub.local", "d1")
-        .await
-        .unwrap();
+    let mut device = as_json(
+        f.hub
+            .registry()
+            .get_device("hub.local", "d1")
+            .await
+            .unwrap(),
+    );
     device["status"] = json!("disabled");
     f.hub
         .put_device("hub.local", "d1", &device, Some("*"))
@@ -484,11 +492,13 @@ async fn live_sessions_hear_of_twin_changes_mail_and_removal() {
     assert!(session.kicked.is_cancelled());
     f.hub.disconnect(&me, session.generation).await;
     assert_eq!(
-        f.hub
-            .registry()
-            .get_device("hub.local", "d1")
-            .await
-            .unwrap()["connectionState"],
+        as_json(
+            f.hub
+                .registry()
+                .get_device("hub.local", "d1")
+                .await
+                .unwrap()
+        )["connectionState"],
         "Disconnected"
     );
 }
@@ -513,11 +523,13 @@ async fn a_newer_session_takes_over() {
     assert!(first.kicked.is_cancelled());
     f.hub.disconnect(&me, first.generation).await;
     assert_eq!(
-        f.hub
-            .registry()
-            .get_device("hub.local", "d1")
-            .await
-            .unwrap()["connectionState"],
+        as_json(
+            f.hub
+                .registry()
+                .get_device("hub.local", "d1")
+                .await
+                .unwrap()
+        )["connectionState"],
         "Connected",
         "the first session's end leaves the newer one's state"
     );

@@ -103,16 +103,37 @@ fn body_json(bytes: &[u8]) -> Result<Value, HubApiError> {
     })
 }
 
-fn etagged(v: Value) -> Response {
-    let etag = v
-        .get("etag")
-        .and_then(Value::as_str)
-        .map(|e| format!("\"{e}\""));
+/// An identity or twin with its etag also in the `ETag` header.
+fn etagged<T: Etagged + serde::Serialize>(v: T) -> Response {
+    let etag = format!("\"{}\"", v.etag());
     let mut r = Json(v).into_response();
-    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+    if let Ok(v) = HeaderValue::from_str(&etag) {
         r.headers_mut().insert("etag", v);
     }
     r
+}
+
+/// What carries an etag.
+trait Etagged {
+    fn etag(&self) -> &str;
+}
+
+impl Etagged for muster_hub::Device {
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+impl Etagged for muster_hub::Module {
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+impl Etagged for muster_hub::Twin {
+    fn etag(&self) -> &str {
+        &self.etag
+    }
 }
 
 #[derive(Debug, Deserialize)]
