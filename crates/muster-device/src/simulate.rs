@@ -162,26 +162,35 @@ pub enum SimEvent {
     },
 }
 
+/// Why a desired `telemetryDelay` is not usable (one line, shown as the rejection reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DelayError(pub String);
+
 /// Parse a desired `telemetryDelay`: a positive number of seconds, as a JSON number or a
 /// string holding one.
 ///
 /// # Errors
-/// Why the value is not usable.
-pub fn parse_delay(value: &Value) -> Result<f64, String> {
+/// [`DelayError`]: why the value is not usable.
+pub fn parse_delay(value: &Value) -> Result<f64, DelayError> {
+    let bad = |why: String| Err(DelayError(why));
     let n = match value {
-        Value::Number(n) => n.as_f64().ok_or("not a finite number")?,
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| format!("'{s}' is not a number"))?,
-        Value::Null => return Err("it was removed".to_owned()),
-        other => return Err(format!("{other} is not a number")),
+        Value::Number(n) => match n.as_f64() {
+            Some(n) => n,
+            None => return bad("not a finite number".to_owned()),
+        },
+        Value::String(s) => match s.trim().parse::<f64>() {
+            Ok(n) => n,
+            Err(_) => return bad(format!("'{s}' is not a number")),
+        },
+        Value::Null => return bad("it was removed".to_owned()),
+        other => return bad(format!("{other} is not a number")),
     };
     if !n.is_finite() || n <= 0.0 {
-        return Err(format!("{n} is not a positive number of seconds"));
+        return bad(format!("{n} is not a positive number of seconds"));
     }
     if n > MAX_TELEMETRY_DELAY {
-        return Err(format!("{n} is more than a day"));
+        return bad(format!("{n} is more than a day"));
     }
     Ok(n)
 }
@@ -477,7 +486,7 @@ async fn load_twin(
             Err(reason) => on_event(SimEvent::DelayRejected {
                 version: twin.desired_version(),
                 value: v.clone(),
-                reason,
+                reason: reason.0,
                 telemetry_delay: delay,
             }),
         }
@@ -514,7 +523,7 @@ fn desired_delay(
             on_event(SimEvent::DelayRejected {
                 version,
                 value: value.clone(),
-                reason,
+                reason: reason.0,
                 telemetry_delay: current,
             });
             None

@@ -15,21 +15,26 @@ use serde_json::Value;
 /// How long a webhook may take.
 pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a webhook gave no usable decision: one line for the log and the device's `errorMessage`
+/// (a status, a timeout, invalid JSON, a hub not linked to the enrollment).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AllocationError(pub String);
+
 /// Calls a custom-allocation webhook. The server supplies the HTTP implementation.
 #[async_trait]
 pub trait CustomAllocator: Send + Sync + std::fmt::Debug {
     /// POST `request` to `url` (with `api-version` added when given) and return the JSON reply.
     ///
     /// # Errors
-    /// A one-line reason (status, timeout, invalid JSON) for the log and the device's
-    /// `errorMessage`.
+    /// [`AllocationError`]: status, timeout, invalid JSON.
     async fn call(
         &self,
         url: &str,
         api_version: Option<&str>,
         request: &Value,
         timeout: Duration,
-    ) -> Result<Value, String>;
+    ) -> Result<Value, AllocationError>;
 }
 
 /// The webhook's decision.
@@ -46,22 +51,24 @@ pub struct Decision {
 /// Read and check a webhook reply against the linked hubs.
 ///
 /// # Errors
-/// A one-line reason.
-pub fn decision(reply: &Value, linked_hubs: &[String]) -> Result<Decision, String> {
+/// [`AllocationError`] naming what is wrong with the reply.
+pub fn decision(reply: &Value, linked_hubs: &[String]) -> Result<Decision, AllocationError> {
     let hub = reply
         .get("iotHubHostName")
         .and_then(Value::as_str)
-        .ok_or_else(|| "the webhook's reply has no iotHubHostName".to_owned())?;
+        .ok_or_else(|| AllocationError("the webhook's reply has no iotHubHostName".to_owned()))?;
     let Some(linked) = linked_hubs.iter().find(|h| h.eq_ignore_ascii_case(hub)) else {
-        return Err(format!(
+        return Err(AllocationError(format!(
             "the webhook chose '{hub}', which is not one of the enrollment's hubs"
-        ));
+        )));
     };
     let initial_twin = reply.get("initialTwin").filter(|v| !v.is_null()).cloned();
     if let Some(t) = &initial_twin
         && !t.is_object()
     {
-        return Err("the webhook's initialTwin is not a JSON object".to_owned());
+        return Err(AllocationError(
+            "the webhook's initialTwin is not a JSON object".to_owned(),
+        ));
     }
     Ok(Decision {
         hub: linked.clone(),

@@ -726,8 +726,8 @@ impl Dps {
         let reply = allocator
             .call(url, api_version, &body, crate::custom::WEBHOOK_TIMEOUT)
             .await
-            .map_err(failed)?;
-        crate::custom::decision(&reply, &linked).map_err(failed)
+            .map_err(|e| failed(e.0))?;
+        crate::custom::decision(&reply, &linked).map_err(|e| failed(e.0))
     }
 
     /// One registration record.

@@ -308,11 +308,20 @@ impl Parser {
     }
 }
 
+/// What is wrong with a query, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(pub String);
+
 /// Parse a query.
 ///
 /// # Errors
-/// A one-line description of what is wrong.
-pub fn parse(text: &str) -> Result<Query, String> {
+/// [`QueryError`] describing what is wrong.
+pub fn parse(text: &str) -> Result<Query, QueryError> {
+    parse_text(text).map_err(QueryError)
+}
+
+fn parse_text(text: &str) -> Result<Query, String> {
     let mut p = Parser {
         toks: tokens(text)?,
         pos: 0,

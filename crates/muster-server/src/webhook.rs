@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use muster_dps::custom::CustomAllocator;
+use muster_dps::custom::{AllocationError, CustomAllocator};
 use serde_json::Value;
 
 /// reqwest-based [`CustomAllocator`].
@@ -15,16 +15,15 @@ pub(crate) struct HttpAllocator {
 }
 
 impl HttpAllocator {
-    pub(crate) fn new(extra_root_pem: Option<&[u8]>) -> Result<Self, String> {
+    pub(crate) fn new(extra_root_pem: Option<&[u8]>) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = extra_root_pem {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| e.to_string())?;
-            builder = builder.add_root_certificate(cert);
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
         }
         Ok(Self {
-            client: builder.build().map_err(|e| e.to_string())?,
+            client: builder.build()?,
         })
     }
 }
@@ -37,7 +36,7 @@ impl CustomAllocator for HttpAllocator {
         api_version: Option<&str>,
         request: &Value,
         timeout: Duration,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, AllocationError> {
         let mut req = self.client.post(url).timeout(timeout).json(request);
         if let Some(v) = api_version {
             req = req.query(&[("api-version", v)]);
@@ -45,20 +44,24 @@ impl CustomAllocator for HttpAllocator {
         // reqwest's messages carry the URL, which may hold a function key: never show it.
         let resp = req.send().await.map_err(|e| {
             let e = e.without_url();
-            if e.is_timeout() {
+            AllocationError(if e.is_timeout() {
                 format!("the webhook did not answer within {} s", timeout.as_secs())
             } else {
                 format!("the webhook cannot be reached ({e})")
-            }
+            })
         })?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("the webhook answered HTTP {}", status.as_u16()));
+            return Err(AllocationError(format!(
+                "the webhook answered HTTP {}",
+                status.as_u16()
+            )));
         }
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| format!("reading the webhook's reply: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("the webhook's reply is not JSON ({e})"))
+            .map_err(|e| AllocationError(format!("reading the webhook's reply: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AllocationError(format!("the webhook's reply is not JSON ({e})")))
     }
 }

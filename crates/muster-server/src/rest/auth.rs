@@ -22,37 +22,56 @@ fn refuse(reason: String) -> Response {
     ApiError(DpsError::Unauthorized { reason }).into_response()
 }
 
+/// Why a management call was refused (logged; the caller sees only "unauthorized").
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// No `Authorization` header.
+    #[error("no Authorization header")]
+    NoHeader,
+    /// The token names no policy.
+    #[error("the token names no policy (skn)")]
+    NoPolicy,
+    /// The policy lacks the right for this call.
+    #[error("policy '{name}' may not make this call (allowed: {allowed})")]
+    NotAllowed {
+        /// The policy.
+        name: String,
+        /// The policies that may.
+        allowed: String,
+    },
+    /// No such policy here.
+    #[error("policy '{0}' is not configured")]
+    UnknownPolicy(String),
+    /// The token is malformed, expired, for another server, or not signed with the policy's
+    /// key.
+    #[error("the token was refused")]
+    Token(#[from] muster_auth::sas::SasError),
+}
+
 /// Check a management token against the policies allowed for the call; returns the host the
-/// token names (which selects the hub), or the reason for refusal.
+/// token names (which selects the hub).
 pub(crate) fn check(
     ctx: &Context,
     header: Option<&str>,
     allowed: &[&str],
-) -> Result<String, String> {
-    let header = header.ok_or_else(|| "no Authorization header".to_owned())?;
-    let token = SasToken::parse(header).map_err(|e| e.to_string())?;
-    let name = token
-        .key_name()
-        .ok_or_else(|| "the token names no policy (skn)".to_owned())?;
+) -> Result<String, Refusal> {
+    let token = SasToken::parse(header.ok_or(Refusal::NoHeader)?)?;
+    let name = token.key_name().ok_or(Refusal::NoPolicy)?;
     if !allowed.contains(&name) {
-        return Err(format!(
-            "policy '{name}' may not make this call (allowed: {})",
-            allowed.join(", ")
-        ));
+        return Err(Refusal::NotAllowed {
+            name: name.to_owned(),
+            allowed: allowed.join(", "),
+        });
     }
     let policy = ctx
         .state
         .policy(name)
-        .ok_or_else(|| format!("policy '{name}' is not configured"))?;
+        .ok_or_else(|| Refusal::UnknownPolicy(name.to_owned()))?;
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-    let host = token
-        .check_hosted(ctx.hub.resource_hosts(), None, now)
-        .map_err(|e| e.to_string())?;
+    let host = token.check_hosted(ctx.hub.resource_hosts(), None, now)?;
     let primary = Secret::new(policy.primary_key.clone());
     let secondary = Secret::new(policy.secondary_key.clone());
-    token
-        .verify_signature(&[&primary, &secondary])
-        .map_err(|e| e.to_string())?;
+    token.verify_signature(&[&primary, &secondary])?;
     Ok(host)
 }
 
@@ -68,7 +87,7 @@ pub(crate) async fn require_dps_policy(
         .and_then(|v| v.to_str().ok());
     match check(&ctx, header, &[crate::bootstrap::DPS_POLICY]) {
         Ok(_) => next.run(req).await,
-        Err(reason) => refuse(reason),
+        Err(reason) => refuse(muster_types::report(&reason)),
     }
 }
 
@@ -116,7 +135,10 @@ pub(crate) async fn require_hub_policy(
             next.run(req).await
         }
         Err(reason) => {
-            warn!(reason, "hub service request refused");
+            warn!(
+                reason = muster_types::report(&reason),
+                "hub service request refused"
+            );
             super::hub_service::HubApiError(muster_hub::registry::HubError::Unauthorized)
                 .into_response()
         }
