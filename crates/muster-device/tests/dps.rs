@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, identity};
+use common::{DeviceFixture as _, TestServer, identity};
 use muster_device::dps::derive_device_key;
 use muster_device::{
     ConnectReturnCode, DpsCredentials, Error, Identity, ProvisioningClient, Secret, Transport,
@@ -141,7 +141,7 @@ async fn x509_devices_register_over_mqtt_and_https() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symmetric_key_group_devices_register_with_derived_keys() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let group_key = server.symmetric_group().await;
 
     let credentials = DpsCredentials::from_group_key("sensor-1", &group_key).unwrap();
@@ -198,7 +198,7 @@ async fn symmetric_key_group_devices_register_with_derived_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_devices_get_typed_errors() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let pki = Pki::new();
     server.x509_group(&pki).await;
 

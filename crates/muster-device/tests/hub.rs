@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, identity, next_event, wait_for};
+use common::{DeviceFixture as _, TestServer, identity, next_event, wait_for};
 use muster_device::{
     ConnectReturnCode, DpsCredentials, Error, HubClient, HubCredentials, HubEvent, HubOptions,
     Identity, Message, ReconnectPolicy, Secret, Transport, TrustRoots,
@@ -46,7 +46,7 @@ fn fast_reconnect() -> ReconnectPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioned_device_uses_twin_telemetry_c2d_and_methods() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let pki = Pki::new();
     let (options, _) = provisioned(&server, &pki).await;
     assert_eq!(
@@ -196,7 +196,7 @@ async fn provisioned_device_uses_twin_telemetry_c2d_and_methods() {
         .respond_method(&rid, 200, &json!({"rebooted": true}))
         .await
         .unwrap();
-    let (status, body) = caller.await.unwrap();
+    let (status, _, body) = caller.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"status": 200, "payload": {"rebooted": true}}));
 
@@ -229,7 +229,7 @@ async fn provisioned_device_uses_twin_telemetry_c2d_and_methods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_a_takeover_and_keeps_receiving() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let pki = Pki::new();
     let (mut options, _) = provisioned(&server, &pki).await;
     options.reconnect = fast_reconnect();
@@ -344,7 +344,7 @@ async fn reconnects_after_a_takeover_and_keeps_receiving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sas_device_renews_its_token() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let rest = server.hub_rest();
     let device = rest
         .ok(
@@ -407,7 +407,7 @@ async fn sas_device_renews_its_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_at_first_connect_are_typed_and_not_retried() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let pki = Pki::new();
     let (options, _) = provisioned(&server, &pki).await;
 
@@ -460,7 +460,7 @@ async fn refusals_at_first_connect_are_typed_and_not_retried() {
     let (client, mut events) = HubClient::connect(once).await.unwrap();
     next_event(&mut events).await;
     let rest = server.hub_rest();
-    let (status, _) = rest
+    let (status, _, _) = rest
         .send(
             Method::DELETE,
             "/devices/device-1",

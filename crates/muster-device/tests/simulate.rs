@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, identity};
+use common::{DeviceFixture as _, TestServer, identity};
 use muster_device::dps::{DpsCredentials, Transport};
 use muster_device::hub::{HubClient, HubCredentials, HubOptions, ReconnectPolicy};
 use muster_device::simulate::{SimEvent, SimulatorOptions};
@@ -42,7 +42,7 @@ async fn expect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_device_follows_its_twin_and_catches_up_after_a_reconnect() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let pki = Pki::new();
     server.x509_group(&pki).await;
     let id = identity(&pki.leaf, &pki);

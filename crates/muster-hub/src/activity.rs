@@ -62,6 +62,24 @@ impl Registry {
         Ok(body)
     }
 
+    /// The typed view of an identity just written (`etags` from its batch, the identity's
+    /// first).
+    pub(crate) async fn written_view<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        key: String,
+        body: Value,
+        etags: &[String],
+    ) -> Result<T, HubError> {
+        let etag = etags.first().cloned().unwrap_or_default();
+        let record = Record {
+            key,
+            index: None,
+            body,
+            etag,
+        };
+        crate::model::typed(self.view(record).await?)
+    }
+
     /// Record a connection change (`connected` = `Some`) or only activity (`None`). An identity
     /// that does not exist (deleted meanwhile) is ignored. The identity's etag is untouched.
     ///

@@ -379,16 +379,7 @@ impl Registry {
             created = existing.is_none(),
             "device identity stored"
         );
-        let etag = etags.first().cloned().unwrap_or_default();
-        let view = self
-            .view(muster_store::Record {
-                key: key_for_view,
-                index: None,
-                body: doc,
-                etag,
-            })
-            .await?;
-        typed(view)
+        self.written_view(key_for_view, doc, &etags).await
     }
 
     /// One device.

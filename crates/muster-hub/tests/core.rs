@@ -82,6 +82,21 @@ async fn sas_device(hub: &Hub, id: &str) {
     hub.put_device("hub.local", id, &body, None).await.unwrap();
 }
 
+/// An authenticated identity of an existing SAS device.
+async fn authenticated(hub: &Hub, id: &str) -> muster_hub::Identity {
+    let t = token(&format!("hub.local/devices/{id}"), KEY, now() + 600);
+    hub.authenticate("hub.local", id, None, Credential::Sas(&t))
+        .await
+        .unwrap()
+        .identity
+}
+
+/// A new SAS device, authenticated.
+async fn sas_identity(hub: &Hub, id: &str) -> muster_hub::Identity {
+    sas_device(hub, id).await;
+    authenticated(hub, id).await
+}
+
 fn token_error(e: AuthError) -> SasError {
     match e {
         AuthError::Token(e) => e,
@@ -353,18 +368,7 @@ async fn certificate_authority_devices_chain_to_a_verified_ca() {
 #[tokio::test]
 async fn telemetry_is_stored_with_the_hub_properties() {
     let f = hub_with(Arc::new(NoCas));
-    sas_device(&f.hub, "d1").await;
-    let me = f
-        .hub
-        .authenticate(
-            "hub.local",
-            "d1",
-            None,
-            Credential::Sas(&token("hub.local/devices/d1", KEY, now() + 60)),
-        )
-        .await
-        .unwrap()
-        .identity;
+    let me = sas_identity(&f.hub, "d1").await;
     assert!(me.authorize(Action::SendTelemetry(me.target())).is_ok());
     let message = |body: Vec<u8>| Telemetry {
         system: vec![(SystemProperty::MessageId, "m1".into())],
@@ -403,18 +407,7 @@ async fn telemetry_is_stored_with_the_hub_properties() {
 #[tokio::test]
 async fn live_sessions_hear_of_twin_changes_mail_and_removal() {
     let f = hub_with(Arc::new(NoCas));
-    sas_device(&f.hub, "d1").await;
-    let me = f
-        .hub
-        .authenticate(
-            "hub.local",
-            "d1",
-            None,
-            Credential::Sas(&token("hub.local/devices/d1", KEY, now() + 60)),
-        )
-        .await
-        .unwrap()
-        .identity;
+    let me = sas_identity(&f.hub, "d1").await;
     let mut session = f.hub.connect(&me).await;
     assert_eq!(
         as_json(
@@ -506,18 +499,7 @@ async fn live_sessions_hear_of_twin_changes_mail_and_removal() {
 #[tokio::test]
 async fn a_newer_session_takes_over() {
     let f = hub_with(Arc::new(NoCas));
-    sas_device(&f.hub, "d1").await;
-    let me = f
-        .hub
-        .authenticate(
-            "hub.local",
-            "d1",
-            None,
-            Credential::Sas(&token("hub.local/devices/d1", KEY, now() + 60)),
-        )
-        .await
-        .unwrap()
-        .identity;
+    let me = sas_identity(&f.hub, "d1").await;
     let first = f.hub.connect(&me).await;
     let second = f.hub.connect(&me).await;
     assert!(first.kicked.is_cancelled());
@@ -550,17 +532,7 @@ async fn direct_methods_time_out_on_a_paused_clock() {
     let unknown = f.hub.invoke_method("hub.local", "nobody", call(5)).await;
     assert!(matches!(unknown, Err(HubError::DeviceNotFound(_))));
 
-    let me = f
-        .hub
-        .authenticate(
-            "hub.local",
-            "d1",
-            None,
-            Credential::Sas(&token("hub.local/devices/d1", KEY, now() + 600)),
-        )
-        .await
-        .unwrap()
-        .identity;
+    let me = authenticated(&f.hub, "d1").await;
     let mut session = f.hub.connect(&me).await;
 
     // Answered.

@@ -26,7 +26,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Mqtt, TestServer, dps_username};
+use common::{Mqtt, ServerFixture as _, TestServer, dps_username};
 use muster_test_support::{Kind, Spec, TestCa};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::post;
-use common::{TestServer, dps_username};
+use common::{ServerFixture as _, TestServer, dps_username};
 use muster_server::config::Config;
 use muster_test_support::Pki;
 use reqwest::Method;

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Mqtt, TestServer, dps_username};
+use common::{Mqtt, ServerFixture as _, TestServer, dps_username};
 use muster_mqtt::{ConnectReturnCode, Packet, Publish, QoS, SubAckReturnCode};
 use muster_test_support::Pki;
 use reqwest::Method;

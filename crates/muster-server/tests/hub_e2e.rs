@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Mqtt, TestServer, dps_username};
+use common::{Mqtt, ServerFixture as _, TestServer, dps_username};
 use muster_mqtt::{ConnectReturnCode, Packet, QoS, SubAckReturnCode};
 use muster_test_support::Pki;
 use reqwest::Method;
@@ -46,35 +46,10 @@ async fn provisioned(server: &TestServer, pki: &Pki) -> String {
     chain
 }
 
-fn hub_rest(server: &TestServer) -> common::Rest {
-    let cs = server.running.info["hubConnectionString"].as_str().unwrap();
-    common::Rest::new(cs, &server.ca_pem(), server.running.https_addr)
-}
-
-/// A REST client signing with another of the hub's policies.
-fn policy_rest(server: &TestServer, policy: &str) -> common::Rest {
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(server.data_dir().join("state.json")).unwrap())
-            .unwrap();
-    let key = state["policies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == policy)
-        .unwrap()["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut rest = hub_rest(server);
-    rest.key_name = policy.to_owned();
-    rest.key = key;
-    rest
-}
-
 #[tokio::test]
 async fn policies_have_iot_hub_rights() {
     let server = TestServer::start().await;
-    let owner = hub_rest(&server);
+    let owner = server.hub_rest();
     owner
         .ok(
             Method::PUT,
@@ -83,9 +58,9 @@ async fn policies_have_iot_hub_rights() {
             &[],
         )
         .await;
-    let read = policy_rest(&server, "registryRead");
-    let service = policy_rest(&server, "service");
-    let write = policy_rest(&server, "registryReadWrite");
+    let read = server.policy_rest("registryRead");
+    let service = server.policy_rest("service");
+    let write = server.policy_rest("registryReadWrite");
     let query = json!({"query": "SELECT * FROM devices"});
     let status = |r: (u16, reqwest::header::HeaderMap, Value)| r.0;
     // RegistryRead reads and queries, and writes nothing.
@@ -126,7 +101,7 @@ async fn policies_have_iot_hub_rights() {
         ),
         200
     );
-    assert_eq!(send_c2d(&service, "d1", b"hello", &[]).await, 204);
+    assert_eq!(service.send_c2d("d1", b"hello", &[]).await, 204);
     assert_eq!(
         status(service.send(Method::DELETE, "/devices/d1", None, &[]).await),
         401
@@ -145,32 +120,7 @@ async fn policies_have_iot_hub_rights() {
         ),
         200
     );
-    assert_eq!(send_c2d(&write, "d1", b"hello", &[]).await, 401);
-}
-
-/// Read `n` events from the stream, starting at `from`.
-async fn read_events(rest: &common::Rest, from: &str, n: usize) -> Vec<Value> {
-    let mut resp = rest
-        .client
-        .get(format!("{}/messages/events?from={from}", rest.base))
-        .header("authorization", rest.token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while text.lines().count() < n {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .expect("events within 10 s")
-            .unwrap()
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    assert_eq!(write.send_c2d("d1", b"hello", &[]).await, 401);
 }
 
 async fn twin_request(dev: &mut Mqtt, topic: &str, body: &[u8], id: u16) -> muster_mqtt::Publish {
@@ -237,7 +187,7 @@ async fn provisioned_device_uses_its_twin() {
     assert!(err["errorCode"].as_u64().is_some() && err["message"].is_string());
 
     // The operator changes the desired property: the device is told, with $version.
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     let twin = rest
         .ok(
             Method::PATCH,
@@ -259,8 +209,8 @@ async fn provisioned_device_uses_its_twin() {
     assert_eq!(body, json!({"telemetryDelay": "2", "$version": 2}));
 
     // A live stream from `latest` receives what arrives after it opened.
-    let live_rest = hub_rest(&server);
-    let live = tokio::spawn(async move { read_events(&live_rest, "latest", 1).await });
+    let live_rest = server.hub_rest();
+    let live = tokio::spawn(async move { live_rest.read_events_from("latest", None, 1).await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     dev.publish(
         "devices/device-1/messages/events/alert=1",
@@ -348,7 +298,7 @@ async fn sessions_refusals_takeover_and_deletion() {
         first.recv().await.is_none(),
         "a second connection closes the first"
     );
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     rest.ok(
         Method::PATCH,
         "/twins/device-1",
@@ -373,7 +323,7 @@ async fn sessions_refusals_takeover_and_deletion() {
         .publish("devices/device-1/messages/events/", &[0xff, 0x00, 0x80], 8)
         .await;
     assert!(matches!(second.recv().await, Some(Packet::PubAck(8))));
-    let events = read_events(&rest, "earliest", 2).await;
+    let events = rest.read_events_from("earliest", None, 2).await;
     assert_eq!(events[0]["deviceId"], "device-1");
     assert_eq!(events[0]["body"]["temperature"], 31.5);
     assert_eq!(
@@ -438,7 +388,7 @@ async fn sessions_refusals_takeover_and_deletion() {
 #[tokio::test]
 async fn sas_devices_authenticate_with_their_keys() {
     let server = TestServer::start().await;
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     let device = rest.ok(Method::PUT, "/devices/sas-1", Some(json!({"deviceId": "sas-1", "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}}})), &[]).await;
     let key = muster_auth::Secret::new(
         device["authentication"]["symmetricKey"]["primaryKey"]
@@ -497,7 +447,7 @@ async fn direct_methods_reach_the_device_and_return_its_answer() {
     let server = TestServer::start().await;
     let pki = Pki::new();
     let chain = provisioned(&server, &pki).await;
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     // Not connected: 404 DeviceNotOnline.
     let (status, _, body) = rest
         .send(
@@ -562,7 +512,7 @@ async fn direct_methods_reach_the_device_and_return_its_answer() {
     assert_eq!(body, json!({"status": 200, "payload": {"applied": 2}}));
 
     // A device that never answers: 504 after responseTimeoutInSeconds.
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     let (status, _, body) = rest
         .send(
             Method::POST,
@@ -583,27 +533,12 @@ async fn direct_methods_reach_the_device_and_return_its_answer() {
     assert_eq!(status, 400);
 }
 
-async fn send_c2d(rest: &common::Rest, device: &str, body: &[u8], headers: &[(&str, &str)]) -> u16 {
-    let mut req = rest
-        .client
-        .post(format!(
-            "{}/devices/{device}/messages/devicebound",
-            rest.base
-        ))
-        .header("authorization", rest.token())
-        .body(body.to_vec());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap().status().as_u16()
-}
-
 #[tokio::test]
 async fn cloud_to_device_messages_are_queued_delivered_and_redelivered() {
     let server = TestServer::start().await;
     let pki = Pki::new();
     let chain = provisioned(&server, &pki).await;
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     let mut dev = server
         .mqtt(
             "device-1",
@@ -617,8 +552,7 @@ async fn cloud_to_device_messages_are_queued_delivered_and_redelivered() {
 
     // Online: delivered at QoS 1 with system and application properties in the topic.
     assert_eq!(
-        send_c2d(
-            &rest,
+        rest.send_c2d(
             "device-1",
             b"reboot please",
             &[
@@ -656,7 +590,7 @@ async fn cloud_to_device_messages_are_queued_delivered_and_redelivered() {
     drop(dev);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
-        send_c2d(&rest, "device-1", b"while you were away", &[]).await,
+        rest.send_c2d("device-1", b"while you were away", &[]).await,
         204
     );
     let mut dev = server
@@ -692,14 +626,15 @@ async fn cloud_to_device_messages_are_queued_delivered_and_redelivered() {
 
     // Limits: 64 KB per message, 50 pending per device, unknown devices.
     assert_eq!(
-        send_c2d(&rest, "device-1", &vec![b'x'; 64 * 1024 + 1], &[]).await,
+        rest.send_c2d("device-1", &vec![b'x'; 64 * 1024 + 1], &[])
+            .await,
         400
     );
-    assert_eq!(send_c2d(&rest, "ghost", b"x", &[]).await, 404);
+    assert_eq!(rest.send_c2d("ghost", b"x", &[]).await, 404);
     for _ in 0..50 {
-        assert_eq!(send_c2d(&rest, "device-1", b"x", &[]).await, 204);
+        assert_eq!(rest.send_c2d("device-1", b"x", &[]).await, 204);
     }
-    assert_eq!(send_c2d(&rest, "device-1", b"one too many", &[]).await, 403);
+    assert_eq!(rest.send_c2d("device-1", b"one too many", &[]).await, 403);
 }
 
 #[tokio::test]
@@ -707,7 +642,7 @@ async fn connection_state_follows_the_device() {
     let server = TestServer::start().await;
     let pki = Pki::new();
     let chain = provisioned(&server, &pki).await;
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     let state = |d: Value| d["connectionState"].as_str().unwrap().to_owned();
     let before = rest.ok(Method::GET, "/devices/device-1", None, &[]).await;
     assert_eq!(state(before.clone()), "Disconnected");
@@ -755,7 +690,7 @@ async fn connection_state_follows_the_device() {
 #[tokio::test]
 async fn queries_filter_count_and_page() {
     let server = TestServer::start().await;
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     for (id, site) in [("a1", "lab"), ("a2", "lab"), ("a3", "home"), ("a4", "lab")] {
         rest.ok(
             Method::PUT,
@@ -871,7 +806,7 @@ async fn queries_filter_count_and_page() {
 #[tokio::test]
 async fn modules_have_identities_twins_telemetry_and_methods() {
     let server = TestServer::start().await;
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     // A module needs its device.
     let (status, _, body) = rest
         .send(
@@ -1008,7 +943,7 @@ async fn modules_have_identities_twins_telemetry_and_methods() {
     )
     .await;
     assert!(matches!(m.recv().await, Some(Packet::PubAck(7))));
-    let events = read_events(&rest, "earliest", 1).await;
+    let events = rest.read_events_from("earliest", None, 1).await;
     assert_eq!(events[0]["deviceId"], "gw");
     assert_eq!(events[0]["moduleId"], "sensor");
     assert_eq!(events[0]["properties"]["kind"], "env");
@@ -1019,7 +954,7 @@ async fn modules_have_identities_twins_telemetry_and_methods() {
 
     // A direct method on the module reaches the module's connection.
     let caller = {
-        let rest = hub_rest(&server);
+        let rest = server.hub_rest();
         tokio::spawn(async move {
             rest.send(
                 Method::POST,
@@ -1094,9 +1029,9 @@ async fn persistent_sessions_survive_a_restart() {
     drop(dev);
     let dir = server.stop().await;
     let server = TestServer::start_in(dir, "127.0.0.1".parse().unwrap(), 0).await;
-    let rest = hub_rest(&server);
+    let rest = server.hub_rest();
     // Queued while the device is away.
-    assert_eq!(send_c2d(&rest, "device-1", b"while away", &[]).await, 204);
+    assert_eq!(rest.send_c2d("device-1", b"while away", &[]).await, 204);
     let mut dev = server.mqtt("device-1", HUB_USER, None, identity).await;
     assert!(
         dev.connack.session_present,

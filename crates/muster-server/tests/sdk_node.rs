@@ -21,7 +21,7 @@ mod common;
 use std::net::IpAddr;
 use std::process::Command;
 
-use common::TestServer;
+use common::{ServerFixture as _, TestServer};
 use muster_server::config::Config;
 use muster_test_support::Pki;
 use reqwest::Method;

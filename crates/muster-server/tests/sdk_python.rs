@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
-use common::TestServer;
+use common::{ServerFixture as _, TestServer};
 use muster_test_support::Pki;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -718,20 +718,8 @@ impl Drop for FlowsDevice {
 }
 
 async fn send_c2d(rest: &common::Rest, device_id: &str, body: &str, headers: &[(&str, &str)]) {
-    let mut req = rest
-        .client
-        .post(format!(
-            "{}/devices/{device_id}/messages/devicebound?api-version=2021-04-12",
-            rest.base
-        ))
-        .header("authorization", rest.token())
-        .body(body.to_owned());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    assert_eq!(status, 204, "C2D send: {}", resp.text().await.unwrap());
+    let status = rest.send_c2d(device_id, body.as_bytes(), headers).await;
+    assert_eq!(status, 204, "C2D send");
 }
 
 async fn invoke(

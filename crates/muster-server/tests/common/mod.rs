@@ -1,6 +1,5 @@
-//! Fixtures for end-to-end tests: a real server on ephemeral ports in a temporary data
-//! directory, an authenticated REST client, and a minimal MQTT-over-TLS device client built on
-//! muster-mqtt.
+//! Fixtures for the server's end-to-end tests: the shared server and REST fixture
+//! (`muster-test-server`) and a minimal MQTT-over-TLS device client built on muster-mqtt.
 
 #![allow(
     dead_code,
@@ -12,15 +11,12 @@
     reason = "shared test fixture; each test binary uses part of it"
 )]
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use muster_mqtt::{Connect, Packet, Publish, QoS, Subscribe};
-use muster_server::Running;
-use muster_server::config::Config;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,83 +24,28 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-pub struct TestServer {
-    pub running: Running,
-    pub dir: tempfile::TempDir,
-    pub config: Config,
+pub use muster_test_server::{Rest, TestServer};
+
+/// What the server's own tests add to the shared fixture.
+pub trait ServerFixture {
+    /// The DPS management API (`provisioningserviceowner`).
+    fn rest(&self) -> Rest;
+    /// A bare MQTT client connected to the server.
+    async fn mqtt(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: Option<&str>,
+        identity: Option<(&str, &str)>,
+    ) -> Mqtt;
 }
 
-impl TestServer {
-    pub async fn start() -> Self {
-        Self::start_at(IpAddr::from([127, 0, 0, 1]), 0).await
+impl ServerFixture for TestServer {
+    fn rest(&self) -> Rest {
+        self.dps_rest()
     }
 
-    pub async fn start_at(bind: IpAddr, mqtt_port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, bind, mqtt_port).await
-    }
-
-    /// Start with a configuration adjusted by `adjust`.
-    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            data_dir: dir.path().join("data"),
-            mqtt_port: 0,
-            https_port: 0,
-            hostnames: vec!["localhost".into()],
-            ..Config::default()
-        };
-        adjust(&mut config);
-        let running = muster_server::start(config.clone()).await.unwrap();
-        Self {
-            running,
-            dir,
-            config,
-        }
-    }
-
-    pub async fn start_in(dir: tempfile::TempDir, bind: IpAddr, mqtt_port: u16) -> Self {
-        let config = Config {
-            data_dir: dir.path().join("data"),
-            bind,
-            mqtt_port,
-            https_port: 0,
-            hostnames: vec!["localhost".into()],
-            ..Config::default()
-        };
-        let running = muster_server::start(config.clone()).await.unwrap();
-        Self {
-            running,
-            dir,
-            config,
-        }
-    }
-
-    /// Stop and hand back the directory (for restart tests).
-    pub async fn stop(self) -> tempfile::TempDir {
-        self.running.shutdown();
-        self.running.wait().await;
-        self.dir
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.config.data_dir.clone()
-    }
-
-    pub fn id_scope(&self) -> String {
-        self.running.info["idScope"].as_str().unwrap().to_owned()
-    }
-
-    pub fn ca_pem(&self) -> Vec<u8> {
-        std::fs::read(self.data_dir().join("tls/ca.pem")).unwrap()
-    }
-
-    pub fn rest(&self) -> Rest {
-        let cs = self.running.info["dpsConnectionString"].as_str().unwrap();
-        Rest::new(cs, &self.ca_pem(), self.running.https_addr)
-    }
-
-    pub async fn mqtt(
+    async fn mqtt(
         &self,
         client_id: &str,
         username: &str,
@@ -120,164 +61,6 @@ impl TestServer {
             identity,
         )
         .await
-    }
-}
-
-/// REST client signing each request with a policy key, like the Azure service SDKs.
-pub struct Rest {
-    pub client: reqwest::Client,
-    pub base: String,
-    pub key_name: String,
-    pub key: String,
-    pub host: String,
-}
-
-impl Rest {
-    pub fn new(connection_string: &str, ca_pem: &[u8], addr: SocketAddr) -> Self {
-        let cs =
-            muster_auth::connection_string::ConnectionString::parse(connection_string).unwrap();
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
-            .resolve("localhost", addr)
-            .build()
-            .unwrap();
-        Self {
-            client,
-            base: format!("https://localhost:{}", addr.port()),
-            key_name: cs.key_name.clone().unwrap(),
-            key: cs.key.unwrap().expose().to_owned(),
-            host: cs.host_name,
-        }
-    }
-
-    /// Create a SAS device `id` and return a one-hour device token for `localhost`.
-    pub async fn sas_device(&self, id: &str) -> String {
-        let d = self
-            .ok(
-                reqwest::Method::PUT,
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-                &[],
-            )
-            .await;
-        let key = muster_auth::Secret::new(
-            d["authentication"]["symmetricKey"]["primaryKey"]
-                .as_str()
-                .unwrap(),
-        );
-        let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3600;
-        muster_auth::sas::make_token(&format!("localhost/devices/{id}"), &key, None, exp).unwrap()
-    }
-
-    pub fn token(&self) -> String {
-        let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 600;
-        muster_auth::sas::make_token(
-            &self.host,
-            &muster_auth::Secret::new(self.key.clone()),
-            Some(&self.key_name),
-            exp,
-        )
-        .unwrap()
-    }
-
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, &str)],
-    ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut req = self
-            .client
-            .request(
-                method,
-                format!("{}{path}?api-version=2021-10-01", self.base),
-            )
-            .header("authorization", self.token());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        (status, headers, body)
-    }
-
-    pub async fn ok(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, &str)],
-    ) -> Value {
-        let (status, _, body) = self.send(method.clone(), path, body, headers).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {body}"
-        );
-        body
-    }
-
-    /// Upload a CA and complete proof of possession through the REST API.
-    pub async fn upload_verified_ca(&self, name: &str, ca_pem: &str, ca_key_pem: &str) {
-        use reqwest::Method;
-        let path = format!("/certificates/{name}");
-        let up = self
-            .ok(
-                Method::PUT,
-                &path,
-                Some(json!({"properties": {"certificate": ca_pem}})),
-                &[],
-            )
-            .await;
-        let etag = format!("\"{}\"", up["etag"].as_str().unwrap());
-        let coded = self
-            .ok(
-                Method::POST,
-                &format!("{path}/generateVerificationCode"),
-                None,
-                &[("if-match", &etag)],
-            )
-            .await;
-        let code = coded["properties"]["verificationCode"].as_str().unwrap();
-        let issuer = muster_pki::Issuer::new(
-            muster_pki::read_certificate(ca_pem.as_bytes()).unwrap(),
-            muster_pki::read_private_key(ca_key_pem.as_bytes(), None).unwrap(),
-        )
-        .unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let proof = issuer
-            .issue(
-                &muster_pki::Request {
-                    common_name: code.to_owned(),
-                    organization: None,
-                    profile: muster_pki::Profile::Verification,
-                    not_before: now - time::Duration::minutes(1),
-                    not_after: now + time::Duration::hours(1),
-                },
-                muster_pki::Algorithm::EcdsaP256,
-            )
-            .unwrap();
-        let etag = format!("\"{}\"", coded["etag"].as_str().unwrap());
-        let verified = self
-            .ok(
-                Method::POST,
-                &format!("{path}/verify"),
-                Some(json!({"certificate": proof.certificate.to_pem()})),
-                &[("if-match", &etag)],
-            )
-            .await;
-        assert_eq!(verified["properties"]["isVerified"], true);
     }
 }
 
