@@ -548,7 +548,7 @@ impl Dps {
             ));
         }
         if let Some(d) = &e.device_id {
-            check_id("device id", d)?;
+            crate::check_device_id(d)?;
         }
         let stored = self
             .store

@@ -135,7 +135,19 @@ pub struct Page<T> {
     pub continuation: Option<String>,
 }
 
-/// Check an id used in paths: 1–128 characters of letters, digits, `-`, `.`, `_`, `:`.
+/// Check the device id an enrollment assigns: the hub's rules ([`muster_types::DeviceId`]), not a
+/// registration id's.
+///
+/// # Errors
+/// [`DpsError::InvalidInput`].
+pub fn check_device_id(id: &str) -> Result<(), DpsError> {
+    muster_types::DeviceId::new(id)
+        .map(|_| ())
+        .map_err(|e| DpsError::InvalidInput(e.to_string()))
+}
+
+/// Check an id used in paths ([`muster_types::RegistrationId`]'s rules): 1–128 letters, digits,
+/// `-`, `.`, `_`, `:`.
 ///
 /// # Errors
 /// [`DpsError::InvalidInput`].

@@ -490,7 +490,7 @@ impl Dps {
     ) -> Result<RegistrationState, DpsError> {
         let registration_id = request.registration_id;
         let rules = attested.source.rules(registration_id);
-        check_id("device id", &rules.device_id)?;
+        crate::check_device_id(&rules.device_id)?;
         let existing = self
             .store
             .get(Collection::Registrations, registration_id)
