@@ -23,6 +23,7 @@ pub mod bootstrap;
 pub mod config;
 mod device_api;
 mod json;
+pub mod lock;
 mod mqtt;
 mod operations;
 mod rest;
@@ -79,6 +80,9 @@ pub enum ServerError {
     /// TLS.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// Another server holds the data directory, or it cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// Binding a port.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -111,6 +115,10 @@ pub struct Running {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: std::time::Duration,
+    /// `DIR/endpoint.json`, removed on a clean stop.
+    endpoint: std::path::PathBuf,
+    /// Held until the server has stopped.
+    _lock: lock::DataDirLock,
 }
 
 impl Running {
@@ -136,6 +144,8 @@ impl Running {
         {
             info!("shutdown grace period over; closing remaining connections");
         }
+        // While the lock is still held: a server started after this one keeps its file.
+        let _ = std::fs::remove_file(&self.endpoint);
     }
 }
 
@@ -212,37 +222,33 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
 /// # Errors
 /// [`ServerError`] with the failing file, port or setting.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    config.check()?;
+    // The ports first, then the data directory's lock: a busy port or a directory another
+    // server holds ends the start before anything on disk is created or rewritten.
+    let bind = |port: u16| SocketAddr::new(config.bind, port);
+    let listen = |port: u16| async move {
+        let listener = TcpListener::bind(bind(port))
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: bind(port),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: bind(port),
+            source,
+        })?;
+        Ok::<_, ServerError>((listener, addr))
+    };
+    let (mqtt_listener, mqtt_addr) = listen(config.mqtt_port).await?;
+    let (https_listener, https_addr) = listen(config.https_port).await?;
+    let lock = lock::DataDirLock::acquire(&config.data_dir)?;
+
     let (ctx, paths, state) = build_context(&config)?;
     let chain = read(&paths.server())?;
     let key = read(&paths.server_key())?;
     let mqtt_tls = TlsAcceptor::from(tls::server_config(&chain, &key, false)?);
     let https_tls = TlsAcceptor::from(tls::server_config(&chain, &key, true)?);
-
-    let bind = |port: u16| SocketAddr::new(config.bind, port);
-    let mqtt_listener = TcpListener::bind(bind(config.mqtt_port))
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: bind(config.mqtt_port),
-            source,
-        })?;
-    let https_listener = TcpListener::bind(bind(config.https_port))
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: bind(config.https_port),
-            source,
-        })?;
-    let mqtt_addr = mqtt_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: bind(config.mqtt_port),
-            source,
-        })?;
-    let https_addr = https_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: bind(config.https_port),
-            source,
-        })?;
+    let endpoint = write_endpoint(&config, &paths, mqtt_addr, https_addr)?;
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -289,7 +295,34 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown,
         tracker,
         grace: config.limits.shutdown_grace,
+        endpoint,
+        _lock: lock,
     })
+}
+
+/// Where management commands find this server: `DIR/endpoint.json`, written only by the
+/// lock holder and removed when it stops.
+pub const ENDPOINT_FILE: &str = "endpoint.json";
+
+fn write_endpoint(
+    config: &Config,
+    paths: &Paths,
+    mqtt: SocketAddr,
+    https: SocketAddr,
+) -> Result<std::path::PathBuf, ServerError> {
+    let path = paths.dir.join(ENDPOINT_FILE);
+    let endpoint = json!({
+        "hostnames": config.hostnames,
+        "bind": config.bind.to_string(),
+        "mqttPort": mqtt.port(),
+        "httpsPort": https.port(),
+        "pid": std::process::id(),
+    });
+    std::fs::write(&path, endpoint.to_string()).map_err(|source| ServerError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(path)
 }
 
 /// The `muster info --json` document.

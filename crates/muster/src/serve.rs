@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::cli::ServeArgs;
 
-/// Written by `serve` so `info` and the management commands find the running server.
-const ENDPOINT_FILE: &str = "endpoint.json";
+/// Written by the server so `info` and the management commands find it.
+const ENDPOINT_FILE: &str = muster_server::ENDPOINT_FILE;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
@@ -62,15 +62,6 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let running = muster_server::start(config.clone()).await?;
-        let endpoint = serde_json::json!({
-            "hostnames": config.hostnames,
-            "bind": config.bind.to_string(),
-            "mqttPort": running.mqtt_addr.port(),
-            "httpsPort": running.https_addr.port(),
-        });
-        let path = config.data_dir.join(ENDPOINT_FILE);
-        std::fs::write(&path, serde_json::to_vec_pretty(&endpoint)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
         let token = running.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -301,3 +301,68 @@ fn config_default_is_printed_and_bad_config_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mqtt_prot"), "{err}");
 }
+
+#[test]
+fn one_server_per_data_dir_and_nothing_touched_before_the_ports_are_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let first = start(dir);
+    let data = dir.join("data");
+    let endpoint_before = std::fs::read(data.join("endpoint.json")).unwrap();
+    let state_before = std::fs::read(data.join("state.json")).unwrap();
+
+    // The same data dir on other ports: refused at once, naming the holder; nothing rewritten.
+    let began = Instant::now();
+    let out = muster()
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--mqtt-port", "0", "--https-port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(began.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("is in use by pid {}", first.id())),
+        "{err}"
+    );
+    assert_eq!(
+        err.trim().lines().last().unwrap().matches("in use").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("endpoint.json")).unwrap(),
+        endpoint_before
+    );
+    assert_eq!(
+        std::fs::read(data.join("state.json")).unwrap(),
+        state_before
+    );
+
+    // Another data dir on the first server's MQTT port: refused before the directory exists.
+    let busy = info(dir)["mqttPort"].as_u64().unwrap().to_string();
+    let other = dir.join("other");
+    let out = muster()
+        .args(["serve", "--data-dir"])
+        .arg(&other)
+        .args(["--mqtt-port", &busy, "--https-port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{busy}")),
+        "{err}"
+    );
+    assert!(
+        !other.exists(),
+        "nothing is created before the ports are bound"
+    );
+
+    // A clean stop removes the endpoint file; the next server takes the directory.
+    stop(first);
+    assert!(!data.join("endpoint.json").exists());
+    let second = start(dir);
+    stop(second);
+}
