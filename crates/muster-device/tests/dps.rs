@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use common::{DeviceFixture as _, TestServer, identity};
 use muster_device::dps::derive_device_key;
 use muster_device::{
-    ConnectReturnCode, DpsCredentials, Error, Identity, ProvisioningClient, Secret, Transport,
-    TrustRoots,
+    DpsCredentials, Error, Identity, ProvisioningClient, Secret, Transport, TrustRoots,
 };
 use muster_test_support::Pki;
 use serde_json::json;
@@ -251,37 +250,28 @@ async fn refused_devices_get_typed_errors() {
         .await
         .unwrap();
 
-    // An unknown ID scope is refused at CONNACK over MQTT and with 404 over HTTPS.
+    // An unknown ID scope is refused with 401002 and a message naming it, over both transports.
     let mut options = server.provisioning(
         DpsCredentials::X509(identity(&pki.leaf, &pki)),
         Transport::Mqtt,
     );
     options.id_scope = "0neFFFFFFFF".into();
-    let err = ProvisioningClient::new(options.clone())
-        .unwrap()
-        .register()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Refused {
-                code: ConnectReturnCode::NotAuthorized
-            }
-        ),
-        "{err}"
-    );
-    options.transport = Transport::Https;
-    options.port = Some(server.https_port());
-    let err = ProvisioningClient::new(options)
-        .unwrap()
-        .register()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Provisioning { status: 404, .. }),
-        "{err}"
-    );
+    for transport in [Transport::Mqtt, Transport::Https] {
+        options.transport = transport;
+        options.port = Some(match transport {
+            Transport::Mqtt => server.mqtt_port(),
+            Transport::Https => server.https_port(),
+        });
+        let err = ProvisioningClient::new(options.clone())
+            .unwrap()
+            .register()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Provisioning { status: 401, error_code: 401_002, message } if message.contains("unknown ID scope '0neFFFFFFFF'")),
+            "{transport:?}: {err}"
+        );
+    }
 
     // A server certificate outside the trusted roots fails the TLS handshake.
     let mut options = server.provisioning(

@@ -28,6 +28,10 @@ pub enum DpsError {
         /// Why (never contains secrets).
         reason: String,
     },
+    /// The device named an ID scope this service does not have (401002, with a message the
+    /// device may see: it names the input to check).
+    #[error("unknown ID scope '{0}': the device's ID scope must be this service's")]
+    UnknownScope(String),
     /// The custom-allocation webhook failed; the registration ends as `failed`.
     #[error("custom allocation failed: {reason}")]
     AllocationFailed {
@@ -66,7 +70,7 @@ impl DpsError {
     pub fn status(&self) -> u16 {
         match self {
             Self::InvalidInput(_) | Self::AllocationFailed { .. } => 400,
-            Self::Unauthorized { .. } => 401,
+            Self::Unauthorized { .. } | Self::UnknownScope(_) => 401,
             Self::NotFound { .. } => 404,
             Self::Conflict(_) => 409,
             Self::PreconditionFailed => 412,
@@ -81,7 +85,7 @@ impl DpsError {
         match self {
             Self::InvalidInput(_) => 400_004,
             Self::AllocationFailed { .. } => 400_209,
-            Self::Unauthorized { .. } => 401_002,
+            Self::Unauthorized { .. } | Self::UnknownScope(_) => 401_002,
             Self::NotFound { .. } => 404_201,
             Self::Conflict(_) => 409_201,
             Self::PreconditionFailed => 412_002,

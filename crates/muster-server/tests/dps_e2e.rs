@@ -216,8 +216,9 @@ async fn refusals_carry_azure_error_bodies() {
     let (topic, _, _) = dev.dps_register("device-1", Value::Null).await;
     assert!(topic.starts_with("$dps/registrations/res/401/"), "{topic}");
 
-    // An unknown ID scope is refused at CONNACK.
-    let dev = server
+    // An unknown ID scope: the registration is refused with 401002 and a message naming the
+    // scope, so the device can say which input to check.
+    let mut dev = server
         .mqtt(
             "device-1",
             &dps_username("0neFFFFFFFF", "device-1"),
@@ -225,7 +226,17 @@ async fn refusals_carry_azure_error_bodies() {
             Some((&chain, &pki.leaf.key_pem)),
         )
         .await;
-    assert_eq!(dev.connack.code, ConnectReturnCode::NotAuthorized);
+    assert_eq!(dev.connack.code, ConnectReturnCode::Accepted);
+    let (topic, body, _) = dev.dps_register("device-1", Value::Null).await;
+    assert!(topic.starts_with("$dps/registrations/res/401/"), "{topic}");
+    assert_eq!(body["errorCode"], 401_002);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown ID scope '0neFFFFFFFF'"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

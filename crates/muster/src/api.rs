@@ -87,6 +87,16 @@ impl Api {
         })
     }
 
+    /// A request that failed before an answer: "cannot reach the server" when there was no
+    /// connection at all, the request error otherwise.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        match crate::hints::Unreachable::from_request(&self.base, &e) {
+            Some(u) => u.into(),
+            None => anyhow::Error::new(e.without_url())
+                .context(format!("request to {} failed", self.base)),
+        }
+    }
+
     fn token(&self) -> Result<String> {
         let expiry =
             u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0) + 3600;
@@ -119,10 +129,7 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.context("reading the response")?;
@@ -167,10 +174,7 @@ impl Api {
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();
@@ -188,7 +192,7 @@ impl Api {
             .header("authorization", self.token()?)
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();

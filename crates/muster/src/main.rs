@@ -11,6 +11,7 @@
 //! - `dps`: `muster dps …` management commands.
 //! - `hub`: `muster hub …` device identities and twins.
 //! - `device`: `muster device simulate`, the lab's device (over `muster-device`).
+//! - `hints`: the likely fix printed after an error.
 
 #![allow(
     clippy::print_stdout,
@@ -36,6 +37,7 @@ mod cli;
 mod device;
 mod dps;
 mod files;
+mod hints;
 mod hub;
 mod serve;
 
@@ -75,8 +77,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context chain joined, most general first, each cause once.
-            eprintln!("error: {}", muster_types::report(&*e));
+            // One line: the context chain joined, most general first, each cause once, then
+            // the likely fix where one is known.
+            match hints::fix(&e) {
+                Some(fix) => eprintln!("error: {} — {fix}", muster_types::report(&*e)),
+                None => eprintln!("error: {}", muster_types::report(&*e)),
+            }
             ExitCode::FAILURE
         }
     }

@@ -104,13 +104,19 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
     let paths = Paths {
         dir: data_dir.to_path_buf(),
     };
-    let text = std::fs::read_to_string(paths.state()).with_context(|| {
-        format!(
-            "{} not found: start the server once with `muster serve --data-dir {}`",
-            paths.state().display(),
+    let text = match std::fs::read_to_string(paths.state()) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "{} is not a muster data directory (it has no state.json) — start the server once with `muster serve --data-dir {}`, or point --data-dir at the server's",
+            data_dir.display(),
             data_dir.display()
-        )
-    })?;
+        ),
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot read {}", paths.state().display()))
+            );
+        }
+    };
     let state: State =
         serde_json::from_str(&text).with_context(|| paths.state().display().to_string())?;
     let mut config = Config {

@@ -44,10 +44,12 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     registration_id: &str,
     shutdown: &CancellationToken,
 ) {
-    if !scope.eq_ignore_ascii_case(&ctx.id_scope) {
+    // An unknown ID scope is answered on the response topic (401002 naming the scope), as Azure
+    // does, so the device can say which of its inputs to check.
+    let unknown_scope = (!scope.eq_ignore_ascii_case(&ctx.id_scope)).then(|| {
         warn!(scope, "DPS connection for an unknown ID scope");
-        return refuse(conn, ConnectReturnCode::NotAuthorized).await;
-    }
+        scope.to_owned()
+    });
     let password = match connect.password.as_deref().map(std::str::from_utf8) {
         Some(Ok(p)) => Some(p.to_owned()),
         Some(Err(_)) => {
@@ -86,6 +88,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         registration_id,
         chain,
         password,
+        unknown_scope,
     };
     session.serve(keep_alive, shutdown).await;
 }
@@ -97,6 +100,8 @@ struct DpsSession<'a, S> {
     registration_id: &'a str,
     chain: Vec<muster_pki::Certificate>,
     password: Option<String>,
+    /// The ID scope the device named, when it is not this service's.
+    unknown_scope: Option<String>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> DpsSession<'_, S> {
@@ -182,14 +187,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DpsSession<'_, S> {
         if let (Some(id), QoS::AtLeastOnce) = (p.packet_id, p.qos) {
             self.write(&Packet::PubAck(id)).await?;
         }
-        let reply = handle_publish(
-            self.ctx,
-            &p,
-            self.registration_id,
-            &self.chain,
-            self.password.as_deref(),
-        )
-        .await;
+        let reply = match &self.unknown_scope {
+            Some(scope) => p.topic.split_once('?').map(|(_, query)| {
+                let rid = topic::parse_property_bag(query)
+                    .into_iter()
+                    .find(|(k, _)| k == "$rid")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                let refusal = muster_dps::DpsError::UnknownScope(scope.clone());
+                (rid, device_api::error_reply(&refusal))
+            }),
+            None => {
+                handle_publish(
+                    self.ctx,
+                    &p,
+                    self.registration_id,
+                    &self.chain,
+                    self.password.as_deref(),
+                )
+                .await
+            }
+        };
         let Some((rid, reply)) = reply else {
             warn!(
                 topic = p.topic,

@@ -58,10 +58,7 @@ async fn register(
     body: Bytes,
 ) -> Response {
     if !scope_ok(&ctx, &scope) {
-        return reply(&device_api::error_reply(&DpsError::NotFound {
-            what: "ID scope",
-            id: scope,
-        }));
+        return reply(&device_api::error_reply(&DpsError::UnknownScope(scope)));
     }
     let token = headers.get("authorization").and_then(|v| v.to_str().ok());
     let credential = match (token, chain.0.is_empty()) {
@@ -88,10 +85,7 @@ async fn poll(
     Path((scope, id, op)): Path<(String, String, String)>,
 ) -> Response {
     if !scope_ok(&ctx, &scope) {
-        return reply(&device_api::error_reply(&DpsError::NotFound {
-            what: "ID scope",
-            id: scope,
-        }));
+        return reply(&device_api::error_reply(&DpsError::UnknownScope(scope)));
     }
     reply(&device_api::poll(&ctx.operations, &id, &op))
 }
