@@ -261,6 +261,26 @@ pub(crate) fn print(output: crate::cli::Output, value: &Value, table: impl FnOnc
     }
 }
 
+/// A list: JSON as it is, or a table with a header row — and a sentence when it is empty.
+pub(crate) fn print_list(
+    output: crate::cli::Output,
+    value: &Value,
+    items: &[Value],
+    (what, header): (&str, &str),
+    row: impl Fn(&Value),
+) {
+    match output {
+        crate::cli::Output::Json => print(output, value, |_| {}),
+        crate::cli::Output::Table if items.is_empty() => out!("No {what}."),
+        crate::cli::Output::Table => {
+            out!("{header}");
+            for item in items {
+                row(item);
+            }
+        }
+    }
+}
+
 /// Set a field of a JSON object (no-op on anything else).
 pub(crate) fn set(doc: &mut Value, key: &str, value: Value) {
     if let Some(o) = doc.as_object_mut() {

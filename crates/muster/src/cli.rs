@@ -8,11 +8,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "muster", version, about, propagate_version = true)]
 pub(crate) struct Cli {
-    /// Output format.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
-    pub(crate) output: Output,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// `--output`, for the commands that print results.
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct OutputArgs {
+    /// Output format.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        default_value_t = Output::Table,
+        help_heading = "Output options"
+    )]
+    pub(crate) output: Output,
 }
 
 /// How results are printed.
@@ -33,7 +45,9 @@ pub(crate) enum Command {
     Info {
         #[command(flatten)]
         server: ServerArgs,
-        /// Print JSON.
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Print JSON (the same as `--output json`).
         #[arg(long)]
         json: bool,
     },
@@ -41,12 +55,19 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Make and inspect certificates: CAs, proof-of-possession and device certificates.
-    #[command(subcommand)]
-    Certs(CertsCommand),
-    /// Manage the IoT hub: device identities and twins.
+    Certs {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Manage the IoT hub: device identities and twins, queries, cloud-to-device messages,
+    /// direct methods and the event stream.
     Hub {
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(subcommand)]
         command: HubCommand,
     },
@@ -54,15 +75,25 @@ pub(crate) enum Command {
     Dps {
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(subcommand)]
         command: DpsCommand,
     },
     /// Run devices: the lab's simulated device, or a fleet as a load generator.
-    #[command(subcommand)]
-    Device(DeviceCommand),
+    Device {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Measure limits: the bare mutual-TLS handshake rate.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,7 +384,8 @@ pub(crate) struct ServerArgs {
         long,
         env = "MUSTER_DATA_DIR",
         default_value = "./muster-data",
-        global = true
+        global = true,
+        help_heading = "Connection options"
     )]
     pub(crate) data_dir: PathBuf,
 }
@@ -362,11 +394,12 @@ pub(crate) struct ServerArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ApiArgs {
     /// Service connection string (`HostName=…;SharedAccessKeyName=…;SharedAccessKey=…`);
-    /// by default taken from MUSTER_DPS_CONNECTION_STRING or from the local data directory.
-    #[arg(long, global = true)]
+    /// by default taken from MUSTER_HUB_CONNECTION_STRING / MUSTER_DPS_CONNECTION_STRING or from
+    /// the local data directory.
+    #[arg(long, global = true, help_heading = "Connection options")]
     pub(crate) connection_string: Option<String>,
     /// PEM file of the CA that signed the server's certificate (default: the data directory's).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection options")]
     pub(crate) trust: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) server: ServerArgs,
@@ -375,23 +408,23 @@ pub(crate) struct ApiArgs {
 /// `muster serve` flags.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Data directory (created on first start).
+    /// Data directory (created on first start) [default: ./muster-data].
     #[arg(long, env = "MUSTER_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// TOML configuration file (see `muster config default`).
     #[arg(long, env = "MUSTER_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// Address to listen on.
+    /// Address to listen on [default: 127.0.0.1].
     #[arg(long, env = "MUSTER_BIND")]
     pub(crate) bind: Option<std::net::IpAddr>,
-    /// MQTT-over-TLS port.
+    /// MQTT-over-TLS port [default: 8883].
     #[arg(long, env = "MUSTER_MQTT_PORT")]
     pub(crate) mqtt_port: Option<u16>,
-    /// HTTPS port.
+    /// HTTPS port [default: 8443].
     #[arg(long, env = "MUSTER_HTTPS_PORT")]
     pub(crate) https_port: Option<u16>,
-    /// Host name devices and clients use; repeat for several hubs (the first is the DPS host).
-    /// From the environment: MUSTER_HOSTNAMES, comma-separated.
+    /// Host name devices and clients use; repeat for several hubs (the first is the DPS host)
+    /// [default: localhost]. From the environment: MUSTER_HOSTNAMES, comma-separated.
     #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]
     pub(crate) hostnames: Vec<String>,
 }

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::api::{Api, if_match, print, s, seg, set};
+use crate::api::{Api, if_match, print, print_list, s, seg, set};
 use crate::cli::{
     CertificateCommand, DpsCommand, EnrollmentCommand, EnrollmentSettings, GroupCommand, Output,
     RegistrationCommand,
@@ -30,6 +30,11 @@ pub(crate) fn run(
         }
     })
 }
+
+const CERT_HEADER: (&str, &str) = (
+    "CA certificates",
+    "NAME                     STATUS    THUMBPRINT (SHA-1)                         SUBJECT",
+);
 
 fn cert_row(c: &Value) {
     out!(
@@ -100,11 +105,8 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
         }
         CertificateCommand::List => {
             let r = api.get("/certificates").await?;
-            print(output, &r, |r| {
-                for c in r["value"].as_array().into_iter().flatten() {
-                    cert_row(c);
-                }
-            });
+            let items = r.get("value").and_then(Value::as_array).cloned().unwrap_or_default();
+            print_list(output, &r, &items, CERT_HEADER, cert_row);
         }
         CertificateCommand::Show { name } => {
             let r = api.get(&format!("/certificates/{}", seg(&name))).await?;
@@ -305,6 +307,11 @@ fn apply(doc: &mut Value, s: &EnrollmentSettings) -> Result<()> {
     Ok(())
 }
 
+const GROUP_HEADER: (&str, &str) = (
+    "enrollment groups",
+    "ENROLLMENT GROUP         STATUS    ATTESTATION   POLICY   TRUSTS",
+);
+
 fn group_row(g: &Value) {
     let kind = s(g, "/attestation/type");
     let anchor = if kind == "x509" {
@@ -483,11 +490,7 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
         }
         GroupCommand::List => {
             let items = api.query_all("/enrollmentGroups/query").await?;
-            print(output, &json!(items), |v| {
-                for g in v.as_array().into_iter().flatten() {
-                    group_row(g);
-                }
-            });
+            print_list(output, &json!(items), &items, GROUP_HEADER, group_row);
         }
         GroupCommand::Show {
             enrollment_id,
@@ -513,9 +516,14 @@ async fn group(api: &Api, cmd: GroupCommand, output: Output) -> Result<()> {
     Ok(())
 }
 
+const ENROLLMENT_HEADER: (&str, &str) = (
+    "individual enrollments",
+    "REGISTRATION ID          STATUS    ATTESTATION   DEVICE",
+);
+
 fn enrollment_row(e: &Value) {
     out!(
-        "{:<24} {:<9} {:<13} device {}",
+        "{:<24} {:<9} {:<13} {}",
         s(e, "/registrationId"),
         s(e, "/provisioningStatus"),
         s(e, "/attestation/type"),
@@ -595,11 +603,13 @@ async fn enrollment(api: &Api, cmd: EnrollmentCommand, output: Output) -> Result
         }
         EnrollmentCommand::List => {
             let items = api.query_all("/enrollments/query").await?;
-            print(output, &json!(items), |v| {
-                for e in v.as_array().into_iter().flatten() {
-                    enrollment_row(e);
-                }
-            });
+            print_list(
+                output,
+                &json!(items),
+                &items,
+                ENROLLMENT_HEADER,
+                enrollment_row,
+            );
         }
         EnrollmentCommand::Show { registration_id } => {
             let r = api
@@ -627,6 +637,11 @@ async fn enrollment(api: &Api, cmd: EnrollmentCommand, output: Output) -> Result
     Ok(())
 }
 
+const REGISTRATION_HEADER: (&str, &str) = (
+    "registrations",
+    "REGISTRATION ID          STATUS    SUBSTATUS                  ASSIGNED HUB             LAST UPDATED",
+);
+
 fn registration_row(r: &Value) {
     out!(
         "{:<24} {:<9} {:<26} {:<24} {}",
@@ -644,11 +659,13 @@ async fn registration(api: &Api, cmd: RegistrationCommand, output: Output) -> Re
             let items = api
                 .query_all(&format!("/registrations/{}/query", seg(&enrollment_id)))
                 .await?;
-            print(output, &json!(items), |v| {
-                for r in v.as_array().into_iter().flatten() {
-                    registration_row(r);
-                }
-            });
+            print_list(
+                output,
+                &json!(items),
+                &items,
+                REGISTRATION_HEADER,
+                registration_row,
+            );
         }
         RegistrationCommand::Show { registration_id } => {
             let r = api

@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::api::{Api, if_match, print, s, seg, set};
+use crate::api::{Api, if_match, print, print_list, s, seg, set};
 use crate::cli::{DeviceIdentityCommand, DeviceTwinCommand, HubCommand, Output};
 
 pub(crate) fn run(
@@ -106,9 +106,14 @@ pub(crate) fn run(
     })
 }
 
+const DEVICE_HEADER: (&str, &str) = (
+    "devices",
+    "DEVICE ID                    STATUS    AUTH          CONNECTION    LAST ACTIVITY",
+);
+
 fn device_row(d: &Value) {
     out!(
-        "{:<28} {:<9} {:<13} {:<13} last activity {}",
+        "{:<28} {:<9} {:<13} {:<13} {}",
         s(d, "/deviceId"),
         s(d, "/status"),
         s(d, "/authentication/type"),
@@ -156,11 +161,8 @@ async fn identity(api: &Api, cmd: DeviceIdentityCommand, output: Output) -> Resu
         }
         DeviceIdentityCommand::List { top } => {
             let r = api.get(&format!("/devices?top={top}")).await?;
-            print(output, &r, |v| {
-                for d in v.as_array().into_iter().flatten() {
-                    device_row(d);
-                }
-            });
+            let items = r.as_array().cloned().unwrap_or_default();
+            print_list(output, &r, &items, DEVICE_HEADER, device_row);
         }
         DeviceIdentityCommand::Show { device_id } => {
             let r = api.get(&format!("/devices/{}", seg(&device_id))).await?;

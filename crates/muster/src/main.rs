@@ -60,19 +60,29 @@ pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Certs(cmd) => certs::run(cmd, cli.output),
+        cli::Command::Certs { output, command } => certs::run(command, output.output),
         cli::Command::Serve(args) => serve::serve(&args),
-        cli::Command::Info { server, json } => {
-            serve::info(&server.data_dir, json || cli.output == cli::Output::Json)
-        }
+        cli::Command::Info {
+            server,
+            output,
+            json,
+        } => serve::info(&server.data_dir, json || output.output == cli::Output::Json),
         cli::Command::Config(cli::ConfigCommand::Default) => {
             serve::config_default();
             Ok(())
         }
-        cli::Command::Dps { api, command } => dps::run(&api, command, cli.output),
-        cli::Command::Hub { api, command } => hub::run(&api, command, cli.output),
-        cli::Command::Device(command) => device::run(command, cli.output),
-        cli::Command::Bench(command) => device::bench(command, cli.output),
+        cli::Command::Dps {
+            api,
+            output,
+            command,
+        } => dps::run(&api, command, output.output),
+        cli::Command::Hub {
+            api,
+            output,
+            command,
+        } => hub::run(&api, command, output.output),
+        cli::Command::Device { output, command } => device::run(command, output.output),
+        cli::Command::Bench { output, command } => device::bench(command, output.output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
