@@ -167,14 +167,19 @@ fn create_root_and_intermediate(
     );
     files.commit(dir, force)?;
 
+    let root_text = root_pem.display();
+    let dir_text = dir.display();
     let next = format!(
-        "upload {} to the provisioning service as a CA certificate, then prove possession:\n  \
-         muster dps certificate create --name root-ca --path {}\n  \
+        "upload {root_text} to the provisioning service as a CA certificate:\n  \
+         muster dps certificate create --name root-ca --path {root_text}\n\
+         prove possession of its key in one step (the key stays on this machine):\n  \
+         muster dps certificate verify --name root-ca --ca-key {dir_text}/root-ca.key.pem\n\
+         or in three, as in the Azure portal:\n  \
          muster dps certificate generate-verification-code --name root-ca\n  \
-         muster certs create-verification-cert <CODE> --dir {}",
-        root_pem.display(),
-        root_pem.display(),
-        dir.display()
+         muster certs create-verification-cert <CODE> --dir {dir_text}\n  \
+         muster dps certificate verify --name root-ca --path {dir_text}/verification-code.pem\n\
+         then an enrollment group that trusts it:\n  \
+         muster dps enrollment-group create --enrollment-id <GROUP> --ca-name root-ca"
     );
     match output {
         Output::Json => print_json(&json!({
@@ -579,6 +584,7 @@ fn print_created(label: &str, path: &Path, cert: &Certificate, now: OffsetDateTi
         day(cert.not_after()),
         expiry_text(cert, now)
     );
+    out!("  {:<16} SHA-1   {}", "", cert.sha1_thumbprint());
     out!("  {:<16} SHA-256 {}", "", cert.sha256_thumbprint());
 }
 

@@ -352,7 +352,10 @@ fn simulate(args: &SimulateArgs, output: Output) -> Result<()> {
             .with_context(|| format!("cannot load the trust bundle {}", path.display()))?,
         None => TrustRoots::webpki(),
     };
-    let mut printer = Printer { output };
+    let mut printer = Printer {
+        output,
+        told_how_to_stop: false,
+    };
     let (dps_credentials, hub_credentials) = match (
         &args.cert,
         &args.symmetric_key_env,
@@ -366,6 +369,7 @@ fn simulate(args: &SimulateArgs, output: Output) -> Result<()> {
                 "event": "certificate",
                 "subject": leaf.subject(),
                 "thumbprint": identity.thumbprint(),
+                "sha256Thumbprint": identity.sha256_thumbprint(),
                 "notAfter": crate::certs::day(leaf.not_after()),
             }));
             (
@@ -437,19 +441,54 @@ fn simulate(args: &SimulateArgs, output: Output) -> Result<()> {
 
 struct Printer {
     output: Output,
+    /// Whether "Ctrl-C to exit" has been said.
+    told_how_to_stop: bool,
 }
 
 impl Printer {
     fn event(&mut self, value: &Value) {
         match self.output {
             Output::Json => line(&value.to_string()),
-            Output::Table => line(&text(value)),
+            Output::Table => {
+                line(&text(value));
+                if str_of(value, "event") == "connected" && !self.told_how_to_stop {
+                    self.told_how_to_stop = true;
+                    line("              Ctrl-C to exit");
+                }
+            }
         }
     }
 
     fn sim(&mut self, event: &SimEvent) {
         let value = serde_json::to_value(event).unwrap_or(Value::Null);
         self.event(&value);
+    }
+}
+
+/// What type each reported value has, as the lab's device shows it: ` — telemetryDelay is a
+/// number`.
+fn value_types(patch: Option<&Value>) -> String {
+    let Some(Value::Object(o)) = patch else {
+        return String::new();
+    };
+    let kinds: Vec<String> = o
+        .iter()
+        .map(|(k, v)| {
+            let kind = match v {
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                Value::Bool(_) => "a boolean",
+                Value::Null => "null",
+                Value::Array(_) => "an array",
+                Value::Object(_) => "an object",
+            };
+            format!("{k} is {kind}")
+        })
+        .collect();
+    if kinds.is_empty() {
+        String::new()
+    } else {
+        format!(" — {}", kinds.join(", "))
     }
 }
 
@@ -474,9 +513,10 @@ fn seconds(v: &Value) -> String {
 fn text(v: &Value) -> String {
     match str_of(v, "event") {
         "certificate" => format!(
-            "certificate   {}  thumbprint {}  (valid until {})",
+            "certificate   {}  SHA-1 {}  SHA-256 {}  (valid until {})",
             str_of(v, "subject"),
             str_of(v, "thumbprint"),
+            str_of(v, "sha256Thumbprint"),
             str_of(v, "notAfter")
         ),
         "registering" => format!(
@@ -526,9 +566,10 @@ fn text(v: &Value) -> String {
             seconds(v)
         ),
         "reported" => format!(
-            "reported      {} (version {})",
+            "reported      {} (version {}){}",
             v.get("patch").unwrap_or(&Value::Null),
-            v.get("version").unwrap_or(&Value::Null)
+            v.get("version").unwrap_or(&Value::Null),
+            value_types(v.get("patch"))
         ),
         "telemetrySent" => format!(
             "{}  sent {}  temperatureAlert={}",

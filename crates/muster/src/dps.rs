@@ -105,7 +105,11 @@ async fn certificate(api: &Api, cmd: CertificateCommand, output: Output) -> Resu
         }
         CertificateCommand::List => {
             let r = api.get("/certificates").await?;
-            let items = r.get("value").and_then(Value::as_array).cloned().unwrap_or_default();
+            let items = r
+                .get("value")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             print_list(output, &r, &items, CERT_HEADER, cert_row);
         }
         CertificateCommand::Show { name } => {
