@@ -338,11 +338,10 @@ fn load_identity(args: &SimulateArgs, cert: &std::path::Path) -> Result<Identity
             Some(var) => secret_from_env(var)?.expose().to_owned(),
             None => String::new(),
         };
-        return Identity::from_pkcs12(cert, &password)
-            .with_context(|| format!("cannot load {}", cert.display()));
+        // The device client's errors name the file already.
+        return Ok(Identity::from_pkcs12(cert, &password)?);
     }
-    Identity::from_pem_files(cert, args.key.as_deref())
-        .with_context(|| format!("cannot load {}", cert.display()))
+    Ok(Identity::from_pem_files(cert, args.key.as_deref())?)
 }
 
 fn simulate(args: &SimulateArgs, output: Output) -> Result<()> {

@@ -51,6 +51,9 @@ pub(crate) fn fix(e: &anyhow::Error) -> Option<String> {
     if text.contains("(CONNACK 5)") {
         return Some("the hub does not accept this device: it was deleted or disabled, or its credentials changed (`muster hub device-identity show -d <ID>`)".into());
     }
+    if text.contains("wrong password for the PKCS#12 file") {
+        return Some("give the PFX's password in the environment variable --cert-password-env names (or --password-env for `certs show`)".into());
+    }
     if text.contains("Address already in use") {
         return Some("another process uses that port: stop it, or choose another with --mqtt-port / --https-port".into());
     }

@@ -609,6 +609,15 @@ fn the_lab_with_an_openssl_certificate_in_a_password_protected_pfx() {
     assert!(!ok);
     assert!(err.contains("dev.pfx"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(
+        err.matches("dev.pfx").count(),
+        1,
+        "the file is named once: {err}"
+    );
+    assert!(
+        err.contains("--cert-password-env"),
+        "the fix is named: {err}"
+    );
     let mut device = Device::spawn(&args, &password);
     let long = Duration::from_secs(20);
     let (_, registered) = device.next("registered", long);
