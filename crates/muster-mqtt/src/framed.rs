@@ -56,6 +56,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         &self.stream
     }
 
+    /// The first byte of the next packet (its type and flags) without consuming it, as soon as
+    /// it arrives; `Ok(None)` when the stream ends first. Lets a server refuse a connection
+    /// whose first packet is not CONNECT before waiting for the rest of it.
+    ///
+    /// # Errors
+    /// [`FramedError::Io`].
+    pub async fn peek_first_byte(&mut self) -> Result<Option<u8>, FramedError> {
+        while self.buffer.is_empty() {
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                return Ok(None);
+            }
+        }
+        Ok(self.buffer.first().copied())
+    }
+
     /// The next packet; `Ok(None)` on a clean end of stream between packets.
     ///
     /// # Errors

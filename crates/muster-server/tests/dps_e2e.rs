@@ -714,3 +714,38 @@ async fn the_optional_rate_limit_answers_429_with_retry_after() {
     let body: Value = serde_json::from_slice(&second.payload).unwrap();
     assert_eq!(body["errorCode"], 429_001);
 }
+
+#[tokio::test]
+async fn a_first_packet_that_is_not_connect_is_refused_at_its_first_byte() {
+    let server = TestServer::start().await;
+    let ca = server.ca_pem();
+    // PUBREL announcing 10,497 bytes then 200 bytes of junk (the probe from outside testing),
+    // PUBLISH, SUBSCRIBE, PINGREQ and DISCONNECT types: each closed at once, not after the
+    // CONNECT timeout.
+    let mut junk = vec![0x60, 0x81, 0x51];
+    junk.extend(std::iter::repeat_n(0xab, 200));
+    let probes: [&[u8]; 5] = [&junk, &[0x30, 0x7f], &[0x82, 0x05, 0x00], &[0xc0, 0x00], &[0xe0]];
+    for probe in probes {
+        let mut s = Mqtt::tls(server.running.mqtt_addr, &ca, None).await;
+        let began = std::time::Instant::now();
+        tokio::io::AsyncWriteExt::write_all(&mut s, probe).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+        )
+        .await
+        .expect("the server closes the connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{probe:02x?}: {read:?}");
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(1),
+            "{probe:02x?} closed after {:?}",
+            began.elapsed()
+        );
+    }
+    // The server keeps serving.
+    let dev = server
+        .mqtt("d", &dps_username(&server.id_scope(), "d"), None, None)
+        .await;
+    assert_eq!(dev.connack.code, ConnectReturnCode::Accepted);
+}

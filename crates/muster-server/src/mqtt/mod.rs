@@ -22,6 +22,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::Context;
 use muster_mqtt::framed::Framed as Connection;
 
+/// The packet type of CONNECT (the high nibble of its first byte).
+const CONNECT_TYPE: u8 = 1;
+
 /// Serve MQTT on `listener` until `shutdown`.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -101,7 +104,23 @@ pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: &CancellationToken,
 ) {
     let mut conn = Connection::new(stream, ctx.limits.max_packet_size);
-    let first = tokio::time::timeout(ctx.limits.connect_timeout, conn.read_packet()).await;
+    // [MQTT-3.1.0-1] The first packet is CONNECT: any other type is refused at its first byte,
+    // not after waiting for the length it announces.
+    let deadline = tokio::time::Instant::now() + ctx.limits.connect_timeout;
+    match tokio::time::timeout_at(deadline, conn.peek_first_byte()).await {
+        Ok(Ok(Some(byte))) if byte >> 4 != CONNECT_TYPE => {
+            warn!(
+                first_byte = format_args!("{byte:#04x}"),
+                "first packet is not CONNECT; closing"
+            );
+            return;
+        }
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None)) => return debug!("closed before CONNECT"),
+        Ok(Err(e)) => return debug!(error = %e, "read failed before CONNECT"),
+        Err(_) => return debug!("connection timed out before CONNECT"),
+    }
+    let first = tokio::time::timeout_at(deadline, conn.read_packet()).await;
     let connect = match first {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(other))) => {
