@@ -19,6 +19,7 @@
 //! [`Context`] is built once and shared read-only (`Arc`); the only mutable shared state is the
 //! operations map (one short mutex section per register/poll) and the store (its own locking).
 
+mod accept;
 pub mod bootstrap;
 pub mod config;
 mod device_api;
@@ -215,6 +216,18 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
     });
 
     Ok((ctx, paths, state))
+}
+
+/// Raise this process's soft limit on open files to its hard limit (each device connection is
+/// one descriptor; the usual soft limit, 1,024, stops a server at about a thousand devices).
+/// Returns the limits before and after, or the reason it could not be raised.
+///
+/// # Errors
+/// The system refused to change or report the limit.
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let (before, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let after = rlimit::increase_nofile_limit(hard)?;
+    Ok((before, after))
 }
 
 /// Bootstrap the data directory, bind both listeners and start serving.

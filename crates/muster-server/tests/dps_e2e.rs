@@ -724,11 +724,19 @@ async fn a_first_packet_that_is_not_connect_is_refused_at_its_first_byte() {
     // CONNECT timeout.
     let mut junk = vec![0x60, 0x81, 0x51];
     junk.extend(std::iter::repeat_n(0xab, 200));
-    let probes: [&[u8]; 5] = [&junk, &[0x30, 0x7f], &[0x82, 0x05, 0x00], &[0xc0, 0x00], &[0xe0]];
+    let probes: [&[u8]; 5] = [
+        &junk,
+        &[0x30, 0x7f],
+        &[0x82, 0x05, 0x00],
+        &[0xc0, 0x00],
+        &[0xe0],
+    ];
     for probe in probes {
         let mut s = Mqtt::tls(server.running.mqtt_addr, &ca, None).await;
         let began = std::time::Instant::now();
-        tokio::io::AsyncWriteExt::write_all(&mut s, probe).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, probe)
+            .await
+            .unwrap();
         let mut buf = [0u8; 16];
         let read = tokio::time::timeout(
             std::time::Duration::from_secs(5),

@@ -56,6 +56,25 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
 pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
     init_logging();
     let config = load_config(args)?;
+    match muster_server::raise_open_file_limit() {
+        Ok((before, after)) if after > before => tracing::info!(
+            before,
+            after,
+            "raised the open-file limit: room for about {} device connections",
+            after.saturating_sub(64)
+        ),
+        Ok((_, limit)) if limit < 4096 => tracing::warn!(
+            limit,
+            "the open-file limit is {limit} and cannot go higher here: about {} device connections; raise the hard limit (`ulimit -Hn`, or LimitNOFILE= in a systemd unit)",
+            limit.saturating_sub(64)
+        ),
+        Ok((_, limit)) => tracing::info!(
+            limit,
+            "open-file limit: room for about {} device connections",
+            limit.saturating_sub(64)
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

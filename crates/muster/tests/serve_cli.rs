@@ -366,3 +366,68 @@ fn one_server_per_data_dir_and_nothing_touched_before_the_ports_are_bound() {
     let second = start(dir);
     stop(second);
 }
+
+/// `muster serve` under a shell-set open-file limit; returns the child (stderr piped).
+fn start_limited(dir: &Path, limits: &str) -> Child {
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{limits}; exec {} serve --data-dir {} --mqtt-port 0 --https-port 0",
+            env!("CARGO_BIN_EXE_muster"),
+            dir.join("data").display()
+        ))
+        .env("MUSTER_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let endpoint = dir.join("data/endpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !endpoint.exists() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stderr_of(mut child: Child) -> String {
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_open_file_limit_is_raised_or_reported() {
+    // A soft limit below the hard one is raised to the hard one.
+    let tmp = tempfile::tempdir().unwrap();
+    let child = start_limited(tmp.path(), "ulimit -Sn 256 && ulimit -Hn 4000");
+    let err = stderr_of(child);
+    assert!(
+        err.contains("raised the open-file limit") && err.contains("before=256 after=4000"),
+        "{err}"
+    );
+
+    // A hard limit that is the cap: a warning at start, and when descriptors run out, one
+    // warning per few seconds that counts the refused connections and says how to raise it.
+    let tmp = tempfile::tempdir().unwrap();
+    let child = start_limited(tmp.path(), "ulimit -n 64");
+    let endpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("data/endpoint.json")).unwrap())
+            .unwrap();
+    let port = u16::try_from(endpoint["mqttPort"].as_u64().unwrap()).unwrap();
+    let sockets: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(sockets);
+    let err = stderr_of(child);
+    assert!(
+        err.contains("the open-file limit is 64 and cannot go higher"),
+        "{err}"
+    );
+    let warnings = err.matches("out of file descriptors").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings: {err}");
+    assert!(
+        err.contains("ulimit -n") && err.contains("LimitNOFILE="),
+        "{err}"
+    );
+}

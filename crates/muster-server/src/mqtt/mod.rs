@@ -34,6 +34,7 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let failures = crate::accept::AcceptFailures::new("mqtt");
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -44,8 +45,7 @@ pub(crate) async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    warn!(error = %e, "MQTT accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(failures.failed(&e)).await;
                     continue;
                 }
             },

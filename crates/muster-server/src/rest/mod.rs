@@ -139,6 +139,7 @@ pub(crate) async fn serve(
 ) {
     let app = router(Arc::clone(&ctx));
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let failures = crate::accept::AcceptFailures::new("https");
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -149,8 +150,7 @@ pub(crate) async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    warn!(error = %e, "HTTPS accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(failures.failed(&e)).await;
                     continue;
                 }
             },
