@@ -1074,3 +1074,78 @@ async fn persistent_sessions_survive_a_restart() {
     let dev = server.mqtt("device-1", HUB_USER, None, identity).await;
     assert!(!dev.connack.session_present, "the clean session dropped it");
 }
+
+#[tokio::test]
+async fn errors_outside_the_handlers_have_azure_shapes() {
+    let server = TestServer::start().await;
+    let hub = server.hub_rest();
+    let dps = server.dps_rest();
+    let tracking = |body: &Value| {
+        body["ExceptionMessage"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Tracking ID:") && m.contains("-TimeStamp:"))
+    };
+    let hub_code = |body: &Value, code: &str| {
+        body["Message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("ErrorCode:{code};")))
+    };
+    // 404 on a hub path, in IoT Hub's shape.
+    let (status, _, body) = hub.send(Method::GET, "/nothing/here", None, &[]).await;
+    assert_eq!(status, 404);
+    assert!(hub_code(&body, "NotFound") && tracking(&body), "{body}");
+    // 404 on a DPS path, in DPS's shape.
+    let (status, _, body) = dps
+        .send(Method::GET, "/enrollmentGroups/a/b/c", None, &[])
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["errorCode"], 404_000, "{body}");
+    assert!(
+        body["trackingId"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    // Unknown paths are authenticated like the others.
+    let (status, _, _) = hub
+        .client
+        .get(format!("{}/nothing/here", hub.base))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), (), ()))
+        .unwrap();
+    assert_eq!(status, 401);
+    // 405: a route without that method.
+    let (status, headers, body) = hub
+        .send(Method::DELETE, "/statistics/devices", None, &[])
+        .await;
+    assert_eq!(status, 405);
+    assert!(
+        hub_code(&body, "MethodNotAllowed") && tracking(&body),
+        "{body}"
+    );
+    assert!(headers.contains_key("allow"));
+    // 413: a body over the limit.
+    let big = json!({"deviceId": "d", "tags": {"x": "y".repeat(2 << 20)}});
+    let (status, _, body) = hub.send(Method::PUT, "/twins/d", Some(big), &[]).await;
+    assert_eq!(status, 413);
+    assert!(
+        hub_code(&body, "RequestEntityTooLarge") && tracking(&body),
+        "{body}"
+    );
+    // 415: a body no handler takes.
+    let resp = dps
+        .client
+        .put(format!("{}/enrollmentGroups/g", dps.base))
+        .header("authorization", dps.token())
+        .header("content-type", "application/xml")
+        .body("<group/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 415_000, "{body}");
+    // The message says nothing about internals.
+    let (_, _, body) = hub.send(Method::GET, "/nothing/here", None, &[]).await;
+    let text = body.to_string();
+    assert!(!text.contains("axum") && !text.contains("rust"), "{text}");
+}

@@ -95,6 +95,9 @@ pub(crate) async fn require_dps_policy(
 #[derive(Debug, Clone)]
 pub(crate) struct HubName(pub(crate) String);
 
+/// Every hub policy (any may read).
+pub(crate) const ANY_HUB_POLICY: [&str; 4] = HUB_READ;
+
 const HUB_READ: [&str; 4] = [
     "iothubowner",
     "service",

@@ -40,11 +40,8 @@ impl IntoResponse for HubApiError {
         }
         let status =
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let stamp = muster_hub::time_fmt::azure(time::OffsetDateTime::now_utc());
-        let body = json!({
-            "Message": format!("ErrorCode:{};{}", self.0.code(), self.0.public_message()),
-            "ExceptionMessage": format!("Tracking ID:{tracking}-TimeStamp:{stamp}"),
-        });
+        let body =
+            super::fallback::hub_error_body(self.0.code(), &self.0.public_message(), &tracking);
         let mut r = (status, Json(body)).into_response();
         if let Ok(v) = HeaderValue::from_str(self.0.code()) {
             r.headers_mut().insert("iothub-errorcode", v);

@@ -9,6 +9,7 @@ mod auth;
 mod dps_device;
 mod dps_service;
 mod events;
+mod fallback;
 pub(crate) mod hub_service;
 
 use std::sync::Arc;
@@ -122,7 +123,9 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
         .merge(management)
         .merge(hub)
         .merge(dps_device::routes())
+        .fallback(fallback::unknown_path)
         .layer(DefaultBodyLimit::max(ctx.limits.max_body_size))
+        .layer(axum::middleware::from_fn(fallback::shape_errors))
         .with_state(ctx)
 }
 
