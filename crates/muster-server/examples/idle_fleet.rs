@@ -55,7 +55,14 @@ async fn main() {
     let mut child = Command::new(&bin)
         .args(["serve", "--data-dir"])
         .arg(&data)
-        .args(["--mqtt-port", "0", "--https-port", "0"])
+        .args([
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+            "--portal-port",
+            "0",
+        ])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()

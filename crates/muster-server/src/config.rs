@@ -20,7 +20,12 @@ bind = "127.0.0.1"
 mqtt_port = 8883
 
 # HTTPS for the management REST API and DPS registration over HTTPS (Node SDKs need 443).
+# It asks every client for a certificate (devices authenticate with one).
 https_port = 8443
+
+# HTTPS for browsers (the portal) and management tools: the same API, but the TLS handshake does
+# not ask for a client certificate, so a browser shows no certificate picker.
+portal_port = 8444
 
 # Host names the server certificate covers. The first is the provisioning host and the host of
 # the default hub, returned to devices as `assignedHub`; each name is one logical hub.
@@ -135,6 +140,8 @@ pub struct Config {
     pub mqtt_port: u16,
     /// HTTPS port (0 = any free port).
     pub https_port: u16,
+    /// Portal HTTPS port, without client-certificate requests (0 = any free port).
+    pub portal_port: u16,
     /// Host names; the first is the DPS host and the default hub.
     pub hostnames: Vec<String>,
     /// Limits.
@@ -152,6 +159,7 @@ impl Default for Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             mqtt_port: 8883,
             https_port: 8443,
+            portal_port: 8444,
             hostnames: vec!["localhost".to_owned()],
             limits: Limits::default(),
             dps: DpsSettings::default(),

@@ -60,6 +60,7 @@ impl Harness {
             data_dir: dir,
             mqtt_port: 0,
             https_port: 0,
+            portal_port: 0,
             ..Config::default()
         };
         config.limits.connect_timeout = Duration::from_millis(200);

@@ -111,6 +111,8 @@ pub struct Running {
     pub mqtt_addr: SocketAddr,
     /// Where HTTPS listens.
     pub https_addr: SocketAddr,
+    /// Where the portal's HTTPS (no client-certificate request) listens.
+    pub portal_addr: SocketAddr,
     /// `muster info` for this server.
     pub info: Value,
     shutdown: CancellationToken,
@@ -254,6 +256,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     };
     let (mqtt_listener, mqtt_addr) = listen(config.mqtt_port).await?;
     let (https_listener, https_addr) = listen(config.https_port).await?;
+    let (portal_listener, portal_addr) = listen(config.portal_port).await?;
     let lock = lock::DataDirLock::acquire(&config.data_dir)?;
 
     let (ctx, paths, state) = build_context(&config)?;
@@ -261,7 +264,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let key = read(&paths.server_key())?;
     let mqtt_tls = TlsAcceptor::from(tls::server_config(&chain, &key, false)?);
     let https_tls = TlsAcceptor::from(tls::server_config(&chain, &key, true)?);
-    let endpoint = write_endpoint(&config, &paths, mqtt_addr, https_addr)?;
+    let portal_tls = TlsAcceptor::from(tls::portal_config(&chain, &key)?);
+    let ports = Ports {
+        mqtt: mqtt_addr.port(),
+        https: https_addr.port(),
+        portal: portal_addr.port(),
+    };
+    let endpoint = write_endpoint(&config, &paths, ports)?;
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -293,10 +302,19 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown.clone(),
         tracker.clone(),
     ));
-    let info = info(&config, &paths, &state, mqtt_addr.port(), https_addr.port());
+    // The same API for browsers, on a handshake that asks for no client certificate.
+    tracker.spawn(rest::serve(
+        portal_listener,
+        Arc::clone(&ctx),
+        portal_tls,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    let info = info(&config, &paths, &state, ports);
     info!(
         mqtt = %mqtt_addr,
         https = %https_addr,
+        portal = %portal_addr,
         id_scope = state.id_scope,
         hostname = config.dps_host(),
         "muster is serving"
@@ -304,6 +322,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     Ok(Running {
         mqtt_addr,
         https_addr,
+        portal_addr,
         info,
         shutdown,
         tracker,
@@ -317,18 +336,29 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 /// lock holder and removed when it stops.
 pub const ENDPOINT_FILE: &str = "endpoint.json";
 
+/// The ports a server listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// MQTT over TLS.
+    pub mqtt: u16,
+    /// HTTPS (client certificates requested).
+    pub https: u16,
+    /// HTTPS for browsers (no client-certificate request).
+    pub portal: u16,
+}
+
 fn write_endpoint(
     config: &Config,
     paths: &Paths,
-    mqtt: SocketAddr,
-    https: SocketAddr,
+    ports: Ports,
 ) -> Result<std::path::PathBuf, ServerError> {
     let path = paths.dir.join(ENDPOINT_FILE);
     let endpoint = json!({
         "hostnames": config.hostnames,
         "bind": config.bind.to_string(),
-        "mqttPort": mqtt.port(),
-        "httpsPort": https.port(),
+        "mqttPort": ports.mqtt,
+        "httpsPort": ports.https,
+        "portalPort": ports.portal,
         "pid": std::process::id(),
     });
     std::fs::write(&path, endpoint.to_string()).map_err(|source| ServerError::Io {
@@ -340,13 +370,8 @@ fn write_endpoint(
 
 /// The `muster info --json` document.
 #[must_use]
-pub fn info(
-    config: &Config,
-    paths: &Paths,
-    state: &State,
-    mqtt_port: u16,
-    https_port: u16,
-) -> Value {
+pub fn info(config: &Config, paths: &Paths, state: &State, ports: Ports) -> Value {
+    let (mqtt_port, https_port) = (ports.mqtt, ports.https);
     let host = config.dps_host();
     let host_port = if https_port == 443 {
         host.to_owned()
@@ -369,6 +394,8 @@ pub fn info(
         "bind": config.bind.to_string(),
         "mqttPort": mqtt_port,
         "httpsPort": https_port,
+        "portalPort": ports.portal,
+        "portalUrl": format!("https://{host}:{}/portal/", ports.portal),
         "trustBundle": trust,
         "hubConnectionString": cs("iothubowner"),
         "dpsConnectionString": cs(bootstrap::DPS_POLICY),

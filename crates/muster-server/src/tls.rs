@@ -85,6 +85,24 @@ pub fn server_config(
     key_pem: &[u8],
     alpn_http: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    build(chain_pem, key_pem, alpn_http, true)
+}
+
+/// The portal's configuration: HTTP ALPN and *no* client-certificate request, so a browser
+/// holding client certificates shows no picker.
+///
+/// # Errors
+/// [`TlsError`] for unusable certificate or key files.
+pub fn portal_config(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
+    build(chain_pem, key_pem, true, false)
+}
+
+fn build(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    alpn_http: bool,
+    request_client_certificate: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = muster_pki::read_certificates(chain_pem)?;
     let key = muster_pki::read_private_key(key_pem, None)?;
     if let Some(leaf) = chain.first() {
@@ -103,11 +121,17 @@ pub fn server_config(
     let verifier = Arc::new(DeferredClientAuth {
         algorithms: provider.signature_verification_algorithms,
     });
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::clone(&provider) as Arc<CryptoProvider>)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider) as Arc<CryptoProvider>)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut config = if request_client_certificate {
+        builder
             .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key_der)?;
+            .with_single_cert(certs, key_der)?
+    } else {
+        builder
+            .with_no_client_auth()
+            .with_single_cert(certs, key_der)?
+    };
     if alpn_http {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }

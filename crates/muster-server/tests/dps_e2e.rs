@@ -757,3 +757,74 @@ async fn a_first_packet_that_is_not_connect_is_refused_at_its_first_byte() {
         .await;
     assert_eq!(dev.connack.code, ConnectReturnCode::Accepted);
 }
+
+/// Records whether the server asked for a client certificate (and offers none).
+#[derive(Debug, Default)]
+struct AskedForCertificate(std::sync::atomic::AtomicBool);
+
+impl rustls::client::ResolvesClientCert for AskedForCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Whether a TLS handshake with `addr` carries a CertificateRequest.
+async fn certificate_requested(addr: std::net::SocketAddr, ca_pem: &[u8]) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in muster_pki::read_certificates(ca_pem).unwrap() {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(c.der().to_vec()))
+            .unwrap();
+    }
+    let asked = std::sync::Arc::new(AskedForCertificate::default());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(asked.clone());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    asked.0.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn browsers_get_a_port_that_asks_for_no_client_certificate() {
+    let server = TestServer::start().await;
+    let ca = server.ca_pem();
+    // Devices' HTTPS port asks (X.509 registration over HTTPS needs it); the portal's does not,
+    // so a browser holding client certificates shows no picker.
+    assert!(certificate_requested(server.running.https_addr, &ca).await);
+    assert!(!certificate_requested(server.running.portal_addr, &ca).await);
+    // The portal port serves the same API.
+    let mut rest = server.dps_rest();
+    rest.base = format!("https://localhost:{}", server.running.portal_addr.port());
+    rest.client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve("localhost", server.running.portal_addr)
+        .build()
+        .unwrap();
+    rest.ok(Method::GET, "/certificates", None, &[]).await;
+    let url = server.running.info["portalUrl"].as_str().unwrap();
+    assert_eq!(
+        url,
+        format!(
+            "https://localhost:{}/portal/",
+            server.running.portal_addr.port()
+        )
+    );
+}

@@ -47,6 +47,7 @@ async fn server_on(last_octet: u8) -> TestServer {
         bind,
         mqtt_port: 8883,
         https_port: 443,
+        portal_port: 0,
         hostnames: vec!["localhost".into()],
         ..Config::default()
     };

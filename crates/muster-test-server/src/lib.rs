@@ -65,6 +65,7 @@ impl TestServer {
             data_dir: dir.path().join("data"),
             mqtt_port: 0,
             https_port: 0,
+            portal_port: 0,
             hostnames: vec!["localhost".into()],
             ..Config::default()
         };

@@ -423,6 +423,10 @@ pub(crate) struct ServeArgs {
     /// HTTPS port [default: 8443].
     #[arg(long, env = "MUSTER_HTTPS_PORT")]
     pub(crate) https_port: Option<u16>,
+    /// HTTPS port for browsers (the portal): the same API, without asking for a client
+    /// certificate [default: 8444].
+    #[arg(long, env = "MUSTER_PORTAL_PORT")]
+    pub(crate) portal_port: Option<u16>,
     /// Host name devices and clients use; repeat for several hubs (the first is the DPS host)
     /// [default: localhost]. From the environment: MUSTER_HOSTNAMES, comma-separated.
     #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]

@@ -46,6 +46,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(p) = args.https_port {
         config.https_port = p;
     }
+    if let Some(p) = args.portal_port {
+        config.portal_port = p;
+    }
     if !args.hostnames.is_empty() {
         config.hostnames.clone_from(&args.hostnames);
     }
@@ -144,6 +147,7 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
     };
     let mut mqtt_port = config.mqtt_port;
     let mut https_port = config.https_port;
+    let mut portal_port = config.portal_port;
     if let Ok(text) = std::fs::read_to_string(data_dir.join(ENDPOINT_FILE))
         && let Ok(endpoint) = serde_json::from_str::<Value>(&text)
     {
@@ -167,10 +171,17 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(https_port);
+        portal_port = field(&endpoint, "portalPort")
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(portal_port);
     }
-    Ok(muster_server::info(
-        &config, &paths, &state, mqtt_port, https_port,
-    ))
+    let ports = muster_server::Ports {
+        mqtt: mqtt_port,
+        https: https_port,
+        portal: portal_port,
+    };
+    Ok(muster_server::info(&config, &paths, &state, ports))
 }
 
 pub(crate) fn info(data_dir: &Path, json: bool) -> Result<()> {
@@ -195,6 +206,10 @@ pub(crate) fn info(data_dir: &Path, json: bool) -> Result<()> {
             "HTTPS (REST)        {}:{}",
             field(&info, "bind").as_str().unwrap_or_default(),
             field(&info, "httpsPort")
+        );
+        out!(
+            "portal (browsers)   {}",
+            field(&info, "portalUrl").as_str().unwrap_or_default()
         );
         out!(
             "trust bundle        {}",

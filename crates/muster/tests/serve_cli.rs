@@ -23,7 +23,14 @@ fn start(dir: &Path) -> Child {
     let child = muster()
         .args(["serve", "--data-dir"])
         .arg(dir.join("data"))
-        .args(["--mqtt-port", "0", "--https-port", "0"])
+        .args([
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+            "--portal-port",
+            "0",
+        ])
         .env("MUSTER_HOSTNAMES", "localhost,hub2.local")
         .stderr(Stdio::null())
         .spawn()
@@ -316,7 +323,14 @@ fn one_server_per_data_dir_and_nothing_touched_before_the_ports_are_bound() {
     let out = muster()
         .args(["serve", "--data-dir"])
         .arg(&data)
-        .args(["--mqtt-port", "0", "--https-port", "0"])
+        .args([
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+            "--portal-port",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -346,7 +360,14 @@ fn one_server_per_data_dir_and_nothing_touched_before_the_ports_are_bound() {
     let out = muster()
         .args(["serve", "--data-dir"])
         .arg(&other)
-        .args(["--mqtt-port", &busy, "--https-port", "0"])
+        .args([
+            "--mqtt-port",
+            &busy,
+            "--https-port",
+            "0",
+            "--portal-port",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -372,7 +393,7 @@ fn start_limited(dir: &Path, limits: &str) -> Child {
     let child = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "{limits}; exec {} serve --data-dir {} --mqtt-port 0 --https-port 0",
+            "{limits}; exec {} serve --data-dir {} --mqtt-port 0 --https-port 0 --portal-port 0",
             env!("CARGO_BIN_EXE_muster"),
             dir.join("data").display()
         ))

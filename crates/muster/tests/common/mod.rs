@@ -32,7 +32,14 @@ impl Server {
         let child = muster()
             .args(["serve", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--mqtt-port", "0", "--https-port", "0"])
+            .args([
+                "--mqtt-port",
+                "0",
+                "--https-port",
+                "0",
+                "--portal-port",
+                "0",
+            ])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
