@@ -19,6 +19,16 @@ fn muster() -> Command {
     Command::new(env!("CARGO_BIN_EXE_muster"))
 }
 
+/// Wait until the server has bound its ports and written `endpoint.json`.
+fn wait_for_endpoint(dir: &Path) {
+    let endpoint = dir.join("data/endpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !endpoint.exists() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn start(dir: &Path) -> Child {
     let child = muster()
         .args(["serve", "--data-dir"])
@@ -35,13 +45,7 @@ fn start(dir: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let endpoint = dir.join("data/endpoint.json");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !endpoint.exists() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for_endpoint(dir);
     child
 }
 
@@ -401,12 +405,7 @@ fn start_limited(dir: &Path, limits: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let endpoint = dir.join("data/endpoint.json");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !endpoint.exists() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_endpoint(dir);
     child
 }
 
