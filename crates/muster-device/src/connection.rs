@@ -113,7 +113,7 @@ impl Connection {
     ) -> Result<(Self, ConnAck), Error> {
         let stream = endpoint.open_tls().await?;
         let mut conn = Self {
-            framed: Framed::new(stream, MAX_PACKET),
+            framed: Framed::with_read_capacity(stream, MAX_PACKET, 4096),
         };
         conn.write_packet(&Packet::Connect(connect)).await?;
         match conn.read_packet().await? {

@@ -36,16 +36,26 @@ const KEEP_AT_MOST: usize = 16 * 1024;
 pub struct Framed<S> {
     stream: S,
     buffer: BytesMut,
+    /// The read buffer's size to start with and to return to after a large packet.
+    read_capacity: usize,
     max_packet: usize,
     out: BytesMut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
-    /// Packets over `stream`, refusing any larger than `max_packet` bytes.
+    /// Packets over `stream`, refusing any larger than `max_packet` bytes. The read buffer
+    /// starts small (an idle server-side connection costs little).
     pub fn new(stream: S, max_packet: usize) -> Self {
+        Self::with_read_capacity(stream, max_packet, INITIAL_READ)
+    }
+
+    /// As [`Framed::new`] with a read buffer of `read_capacity` bytes to start with (a client
+    /// reading bursts of acknowledgements reads more per call with a larger one).
+    pub fn with_read_capacity(stream: S, max_packet: usize, read_capacity: usize) -> Self {
         Self {
             stream,
-            buffer: BytesMut::with_capacity(INITIAL_READ),
+            buffer: BytesMut::with_capacity(read_capacity),
+            read_capacity,
             max_packet,
             out: BytesMut::new(),
         }
@@ -79,7 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         loop {
             if let Some(packet) = crate::decode(&mut self.buffer, self.max_packet)? {
                 if self.buffer.is_empty() && self.buffer.capacity() > KEEP_AT_MOST {
-                    self.buffer = BytesMut::with_capacity(INITIAL_READ);
+                    self.buffer = BytesMut::with_capacity(self.read_capacity);
                 }
                 return Ok(Some(packet));
             }

@@ -409,7 +409,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
     }
 
     async fn on_subscribe(&mut self, sub: Subscribe) -> Result<(), Close> {
-        let me = self.auth.identity.clone();
+        let me = &self.auth.identity;
         let mut codes = Vec::with_capacity(sub.filters.len());
         for (filter, qos) in &sub.filters {
             let allowed = subscription_action(filter, me.target())
@@ -540,7 +540,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
         self.hub
             .touch(&self.auth.identity, &mut self.last_activity)
             .await;
-        let me = self.auth.identity.clone();
+        let me = &self.auth.identity;
         let (reply, ack) = match iothub::device_publish(&p.topic) {
             DevicePublish::Telemetry {
                 device_id,
@@ -559,7 +559,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
                 return self.on_telemetry(first, p).await;
             }
             DevicePublish::TwinGet { rid } => {
-                let reply = match self.hub.device_twin(&me).await {
+                let reply = match self.hub.device_twin(me).await {
                     Ok(view) => (
                         iothub::twin_response(200, &rid, None),
                         view.to_string().into_bytes(),
@@ -569,7 +569,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
                 (Some(reply), true)
             }
             DevicePublish::TwinReported { rid } => {
-                let reply = match self.hub.report(&me, &p.payload).await {
+                let reply = match self.hub.report(me, &p.payload).await {
                     Ok(version) => (iothub::twin_response(204, &rid, Some(version)), Vec::new()),
                     Err(e) => {
                         warn!(error = %e, "reported patch refused");
@@ -580,7 +580,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
             }
             DevicePublish::MethodResponse { status, rid } => {
                 let result = MethodResult::from_device(status, &p.payload);
-                if !self.hub.complete_method(&me, &rid, result) {
+                if !self.hub.complete_method(me, &rid, result) {
                     debug!(rid, "method response for no waiting call (timed out?)");
                 }
                 (None, true)
@@ -605,7 +605,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
     /// Telemetry: this message and the telemetry already buffered behind it are stored
     /// together (one group commit) and acknowledged in one write.
     async fn on_telemetry(&mut self, first: Telemetry, p: Publish) -> Result<(), Close> {
-        let me = self.auth.identity.clone();
+        let me = &self.auth.identity;
         let mut batch = vec![first];
         let mut acks: Vec<Option<u16>> =
             vec![(p.qos == QoS::AtLeastOnce).then_some(p.packet_id).flatten()];
@@ -644,7 +644,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> HubSession<'a, S> {
                 }
             }
         }
-        if let Err(e) = self.hub.ingest(&me, batch).await {
+        if let Err(e) = self.hub.ingest(me, batch).await {
             warn!(error = %muster_types::report(&e), "telemetry not stored; closing without acknowledging");
             return Err(match e {
                 muster_hub::telemetry::IngestError::TooLarge { .. } => {
