@@ -54,9 +54,16 @@ impl Registry {
     /// state.
     pub(crate) async fn view(&self, record: Record) -> Result<Value, HubError> {
         let state = self.store.get(Collection::Connections, &record.key).await?;
+        // Devices have a cloud-to-device queue; modules have none.
+        let queued = if record.body.get("moduleId").is_none() {
+            self.c2d_queued(&record.key).await?
+        } else {
+            0
+        };
         let mut body = record.body;
         if let Some(o) = body.as_object_mut() {
             o.insert("etag".into(), json!(record.etag));
+            o.insert("cloudToDeviceMessageCount".into(), json!(queued));
         }
         merge(&mut body, state.as_ref().map(|s| &s.body));
         Ok(body)

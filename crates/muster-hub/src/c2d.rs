@@ -252,6 +252,55 @@ impl Registry {
         Ok(out)
     }
 
+    /// How many unexpired messages wait in the queue of the identity stored under `key`.
+    pub(crate) async fn c2d_queued(&self, key: &str) -> Result<usize, HubError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Ok(self
+            .store
+            .list(Collection::C2dMessages, Some(key), None, MAX_C2D_QUEUE * 2)
+            .await?
+            .iter()
+            .filter(|r| {
+                r.body
+                    .get("expiryUnix")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    > now
+            })
+            .count())
+    }
+
+    /// Remove every message queued for a device (`az iot device c2d-message purge`); returns
+    /// how many were removed.
+    ///
+    /// # Errors
+    /// [`HubError::DeviceNotFound`]; storage failures.
+    pub async fn purge_c2d(&self, hub: &str, id: &str) -> Result<usize, HubError> {
+        self.get_device(hub, id).await?;
+        let queue = docs::key(hub, id);
+        let records = self
+            .store
+            .list(
+                Collection::C2dMessages,
+                Some(&queue),
+                None,
+                MAX_C2D_QUEUE * 4,
+            )
+            .await?;
+        let mut purged = 0;
+        for r in records {
+            if self
+                .store
+                .delete(Collection::C2dMessages, &r.key, Precondition::None)
+                .await?
+            {
+                purged += 1;
+            }
+        }
+        info!(hub, device_id = id, purged, "cloud-to-device queue purged");
+        Ok(purged)
+    }
+
     /// The message a lock token names, if the lock is still held.
     async fn locked(
         &self,

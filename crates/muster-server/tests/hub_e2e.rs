@@ -1149,3 +1149,45 @@ async fn errors_outside_the_handlers_have_azure_shapes() {
     let text = body.to_string();
     assert!(!text.contains("axum") && !text.contains("rust"), "{text}");
 }
+
+#[tokio::test]
+async fn c2d_count_purge_and_device_etag_as_the_azure_cli_reads_them() {
+    let server = TestServer::start().await;
+    let rest = server.hub_rest();
+    rest.ok(
+        Method::PUT,
+        "/devices/d1",
+        Some(json!({"deviceId": "d1"})),
+        &[],
+    )
+    .await;
+    for body in [&b"one"[..], b"two"] {
+        assert_eq!(rest.send_c2d("d1", body, &[]).await, 204);
+    }
+    // `az iot hub device-identity show` sees the queue.
+    let device = rest.ok(Method::GET, "/devices/d1", None, &[]).await;
+    assert_eq!(device["cloudToDeviceMessageCount"], 2);
+    let listed = rest.ok(Method::GET, "/devices", None, &[]).await;
+    assert_eq!(listed[0]["cloudToDeviceMessageCount"], 2);
+    // `az iot hub device-twin show`: the twin names the identity's etag.
+    let twin = rest.ok(Method::GET, "/twins/d1", None, &[]).await;
+    assert_eq!(twin["deviceEtag"], device["etag"]);
+    assert_eq!(twin["cloudToDeviceMessageCount"], 2);
+    // `az iot device c2d-message purge` (ServiceConnect may purge; RegistryRead may not).
+    let (status, _, _) = server
+        .policy_rest("registryRead")
+        .send(Method::DELETE, "/devices/d1/commands", None, &[])
+        .await;
+    assert_eq!(status, 401);
+    let purged = server
+        .policy_rest("service")
+        .ok(Method::DELETE, "/devices/d1/commands", None, &[])
+        .await;
+    assert_eq!(purged, json!({"totalMessagesPurged": 2, "deviceId": "d1"}));
+    let device = rest.ok(Method::GET, "/devices/d1", None, &[]).await;
+    assert_eq!(device["cloudToDeviceMessageCount"], 0);
+    let (status, _, body) = rest
+        .send(Method::DELETE, "/devices/ghost/commands", None, &[])
+        .await;
+    assert_eq!(status, 404, "{body}");
+}

@@ -126,6 +126,7 @@ pub(crate) async fn require_hub_policy(
             &HUB_READ
         } else if path.starts_with("/twins")
             || path.to_ascii_lowercase().ends_with("/messages/devicebound")
+            || path.to_ascii_lowercase().ends_with("/commands")
         {
             &TWIN_WRITE
         } else {

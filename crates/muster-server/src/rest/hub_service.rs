@@ -87,6 +87,7 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
             "/devices/{id}/messages/devicebound",
             axum::routing::post(send_c2d),
         )
+        .route("/devices/{id}/commands", axum::routing::delete(purge_c2d))
 }
 
 fn body_json(bytes: &[u8]) -> Result<Value, HubApiError> {
@@ -399,6 +400,17 @@ async fn send_c2d(
     };
     ctx.hub.send_c2d(&hub.0, &id, &message).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /devices/{id}/commands`: drop every queued cloud-to-device message, as
+/// `az iot device c2d-message purge` asks; IoT Hub's answer shape.
+async fn purge_c2d(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let purged = ctx.hub.registry().purge_c2d(&hub.0, &id).await?;
+    Ok(Json(json!({"totalMessagesPurged": purged, "deviceId": id})).into_response())
 }
 
 /// `POST /devices/query` with `{"query": "SELECT … FROM devices …"}`; paging through
