@@ -25,6 +25,7 @@
 //! - [`docs`]: the device-identity and twin documents (IoT Hub's `Device` and `Twin` shapes) as
 //!   stored, and [`docs::DeviceAuth`].
 //! - [`provision`]: what provisioning asks of the hub (create or update an assigned device).
+//! - [`keys`]: bulk regeneration of symmetric keys.
 //! - [`modules`]: module identities (`deviceId/moduleId`) and persistent MQTT sessions.
 //! - [`query`]: the IoT Hub query language subset (`SELECT … FROM devices WHERE … GROUP BY …`).
 //! - [`registry`]: the device registry and service-side twin operations over the store, with
@@ -36,6 +37,7 @@ pub mod c2d;
 pub mod docs;
 pub mod hub;
 pub mod identity;
+pub mod keys;
 pub mod methods;
 pub mod model;
 pub mod modules;

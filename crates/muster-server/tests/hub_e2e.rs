@@ -1191,3 +1191,90 @@ async fn c2d_count_purge_and_device_etag_as_the_azure_cli_reads_them() {
         .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test]
+async fn symmetric_keys_are_renewed_in_bulk_as_the_azure_cli_asks() {
+    let server = TestServer::start().await;
+    let rest = server.hub_rest();
+    let before = rest
+        .ok(
+            Method::PUT,
+            "/devices/d1",
+            Some(json!({"deviceId": "d1"})),
+            &[],
+        )
+        .await;
+    rest.ok(
+        Method::PUT,
+        "/devices/gw",
+        Some(json!({"deviceId": "gw"})),
+        &[],
+    )
+    .await;
+    let module_before = rest
+        .ok(
+            Method::PUT,
+            "/devices/gw/modules/m",
+            Some(json!({"moduleId": "m"})),
+            &[],
+        )
+        .await;
+    rest.ok(
+        Method::PUT,
+        "/devices/x1",
+        Some(
+            json!({"deviceId": "x1", "authentication": {"type": "selfSigned",
+            "x509Thumbprint": {"primaryThumbprint": "A".repeat(40)}}}),
+        ),
+        &[],
+    )
+    .await;
+    // `az iot hub device-identity renew-key --kt primary`, as the extension sends it.
+    let request = json!({"policyKey": "primaryKey", "devices": [
+        {"id": "d1"}, {"id": "gw", "moduleId": "m"}, {"id": "x1"}, {"id": "ghost"}]});
+    let (status, _, body) = rest
+        .send(Method::POST, "/devices/keys/regenerate", Some(request), &[])
+        .await;
+    assert_eq!(status, 207, "{body}");
+    assert_eq!(body["policyKey"], "primaryKey");
+    let rotated = body["rotatedKeys"].as_array().unwrap();
+    assert_eq!(rotated.len(), 2, "{body}");
+    let key = |v: &Value, k: &str| v["authentication"]["symmetricKey"][k].clone();
+    let d1 = rotated.iter().find(|r| r["id"] == "d1").unwrap();
+    assert_ne!(d1["primaryKey"], key(&before, "primaryKey"));
+    assert_eq!(d1["secondaryKey"], key(&before, "secondaryKey"));
+    let m = rotated.iter().find(|r| r["moduleId"] == "m").unwrap();
+    assert_ne!(m["primaryKey"], key(&module_before, "primaryKey"));
+    let after = rest.ok(Method::GET, "/devices/d1", None, &[]).await;
+    assert_eq!(key(&after, "primaryKey"), d1["primaryKey"]);
+    let errors = body["errors"].as_array().unwrap();
+    let code = |id: &str| {
+        errors
+            .iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["errorCode"].clone())
+    };
+    assert_eq!(code("x1"), Some(json!("ArgumentInvalid")));
+    assert_eq!(code("ghost"), Some(json!("DeviceNotFound")));
+    // Both keys, every identity renewed: 200.
+    let request = json!({"policyKey": "both", "devices": [{"id": "d1"}]});
+    let (status, _, body) = rest
+        .send(Method::POST, "/devices/keys/regenerate", Some(request), &[])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(
+        body["rotatedKeys"][0]["secondaryKey"],
+        key(&before, "secondaryKey")
+    );
+    // Only policies that may write the registry.
+    let (status, _, _) = server
+        .policy_rest("service")
+        .send(
+            Method::POST,
+            "/devices/keys/regenerate",
+            Some(json!({"policyKey": "both", "devices": [{"id": "d1"}]})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 401);
+}

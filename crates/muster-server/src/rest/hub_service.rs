@@ -59,6 +59,10 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
         .route("/devices/", get(list_devices))
         .route("/devices/query", axum::routing::post(query))
         .route(
+            "/devices/keys/regenerate",
+            axum::routing::post(regenerate_keys),
+        )
+        .route(
             "/devices/{id}",
             get(get_device).put(put_device).delete(delete_device),
         )
@@ -411,6 +415,43 @@ async fn purge_c2d(
 ) -> ApiResult {
     let purged = ctx.hub.registry().purge_c2d(&hub.0, &id).await?;
     Ok(Json(json!({"totalMessagesPurged": purged, "deviceId": id})).into_response())
+}
+
+/// `POST /devices/keys/regenerate` with `{"policyKey": "primaryKey"|"secondaryKey"|"both",
+/// "devices": [{"id", "moduleId"?}]}`: 200 when every identity was renewed, 207 when some were,
+/// 400 when none was; the body is IoT Hub's `BulkRegenerateKeyResult`.
+async fn regenerate_keys(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let body = body_json(&body)?;
+    let choice = muster_hub::keys::KeyChoice::parse(
+        body.get("policyKey")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )?;
+    let identities: Vec<(String, Option<String>)> = body
+        .get("devices")
+        .and_then(Value::as_array)
+        .ok_or_else(|| HubApiError(HubError::InvalidInput("devices must be a list".into())))?
+        .iter()
+        .map(|d| {
+            let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
+            (text("id").unwrap_or_default(), text("moduleId"))
+        })
+        .collect();
+    let done = ctx
+        .hub
+        .registry()
+        .regenerate_keys(&hub.0, choice, &identities)
+        .await?;
+    let status = match (done.rotated, done.failed) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    Ok((status, Json(done.result)).into_response())
 }
 
 /// `POST /devices/query` with `{"query": "SELECT … FROM devices …"}`; paging through
