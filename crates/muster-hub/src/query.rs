@@ -24,12 +24,23 @@ use serde_json::Value;
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
+    /// What the query runs over.
+    pub source: Source,
     /// What each row holds; empty for `SELECT *`.
     pub select: Vec<Item>,
     /// The WHERE condition.
     pub condition: Option<Condition>,
     /// The GROUP BY paths.
     pub group_by: Vec<Vec<String>>,
+}
+
+/// What a query runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `FROM devices`: device twins.
+    Devices,
+    /// `FROM devices.modules`: module twins.
+    Modules,
 }
 
 /// One item of a SELECT list.
@@ -338,9 +349,16 @@ fn parse_text(text: &str) -> Result<Query, String> {
             }
         }
     }
-    if !p.word("FROM") || !p.word("devices") {
-        return Err("only FROM devices is supported".into());
+    if !p.word("FROM") {
+        return Err("expected FROM devices or FROM devices.modules".into());
     }
+    let source = if p.word("devices") {
+        Source::Devices
+    } else if p.word("devices.modules") {
+        Source::Modules
+    } else {
+        return Err("only FROM devices and FROM devices.modules are supported".into());
+    };
     let condition = if p.word("WHERE") {
         Some(p.condition()?)
     } else {
@@ -362,6 +380,7 @@ fn parse_text(text: &str) -> Result<Query, String> {
         return Err("unexpected text after the query".into());
     }
     let query = Query {
+        source,
         select,
         condition,
         group_by,
@@ -569,6 +588,7 @@ mod tests {
         for bad in [
             "DELETE FROM devices",
             "SELECT * FROM modules",
+            "SELECT * FROM devices.jobs",
             "SELECT * FROM devices WHERE",
             "SELECT * FROM devices WHERE tags.a = 'x",
             "SELECT * FROM devices WHERE a ~ 1",

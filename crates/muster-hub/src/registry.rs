@@ -796,14 +796,26 @@ impl Registry {
         let mut out = Vec::new();
         let mut groups: std::collections::BTreeMap<String, (Vec<Value>, u64)> =
             std::collections::BTreeMap::new();
-        let mut after = continuation.map(|c| docs::key(hub, c));
+        // Modules are indexed by their device, so a hub's modules are the keys under `{hub}/`.
+        let (collection, index, prefix) = match q.source {
+            crate::query::Source::Devices => (Collection::Devices, Some(index), None),
+            crate::query::Source::Modules => (Collection::Modules, None, Some(format!("{index}/"))),
+        };
+        let mut after = continuation
+            .map(|c| docs::key(hub, c))
+            .or_else(|| prefix.clone());
         loop {
-            let devices = self
+            let mut devices = self
                 .store
-                .list(Collection::Devices, Some(&index), after.as_deref(), 500)
+                .list(collection, index.as_deref(), after.as_deref(), 500)
                 .await?;
             let Some(last) = devices.last() else { break };
             after = Some(last.key.clone());
+            let page_len = devices.len();
+            if let Some(p) = &prefix {
+                devices.retain(|r| r.key.starts_with(p.as_str()));
+            }
+            let done = devices.len() < page_len;
             for d in &devices {
                 let twin = self.store.get(Collection::Twins, &d.key).await?;
                 let (body, etag) = twin.map_or((Value::Null, String::new()), |t| (t.body, t.etag));
@@ -821,7 +833,8 @@ impl Registry {
                         entry.1 += 1;
                     }
                     Shape::Twins | Shape::Projection => {
-                        let id = view.get("deviceId").cloned().unwrap_or(Value::Null);
+                        // The continuation names the identity: `deviceId[/moduleId]`.
+                        let id = d.key.split_once('/').map(|(_, id)| id.to_owned());
                         let row = if shape == Shape::Twins {
                             view
                         } else {
@@ -830,14 +843,14 @@ impl Registry {
                         out.push((id, row));
                         if out.len() > limit {
                             out.pop();
-                            let next = out
-                                .last()
-                                .and_then(|(id, _)| id.as_str())
-                                .map(str::to_owned);
+                            let next = out.last().and_then(|(id, _)| id.clone());
                             return Ok((out.into_iter().map(|(_, r)| r).collect(), next));
                         }
                     }
                 }
+            }
+            if done {
+                break;
             }
         }
         Ok(match shape {

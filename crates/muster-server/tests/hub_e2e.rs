@@ -1278,3 +1278,88 @@ async fn symmetric_keys_are_renewed_in_bulk_as_the_azure_cli_asks() {
         .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn module_twins_are_queried_from_devices_modules() {
+    let server = TestServer::start().await;
+    let rest = server.hub_rest();
+    for d in ["gw1", "gw2", "plain"] {
+        rest.ok(
+            Method::PUT,
+            &format!("/devices/{d}"),
+            Some(json!({"deviceId": d})),
+            &[],
+        )
+        .await;
+    }
+    for (d, m, kind) in [
+        ("gw1", "temp", "sensor"),
+        ("gw1", "relay", "actuator"),
+        ("gw2", "temp", "sensor"),
+    ] {
+        rest.ok(
+            Method::PUT,
+            &format!("/devices/{d}/modules/{m}"),
+            Some(json!({"moduleId": m})),
+            &[],
+        )
+        .await;
+        rest.ok(
+            Method::PATCH,
+            &format!("/twins/{d}/modules/{m}"),
+            Some(json!({"tags": {"kind": kind}})),
+            &[],
+        )
+        .await;
+    }
+    let query = |q: &str, headers: Vec<(&'static str, String)>| {
+        let rest = rest.clone();
+        let body = json!({"query": q});
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            rest.send(Method::POST, "/devices/query", Some(body), &h)
+                .await
+        }
+    };
+    // `az iot hub query -q "select * from devices.modules where …"`: module twins as rows.
+    let (status, _, rows) = query(
+        "SELECT * FROM devices.modules WHERE tags.kind = 'sensor'",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows.as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["moduleId"] == "temp"));
+    assert_eq!(rows[0]["deviceId"], "gw1");
+    assert_eq!(rows[1]["deviceId"], "gw2");
+    // Projections and counts over modules; devices stay devices.
+    let (_, _, rows) = query("SELECT deviceId, moduleId FROM devices.modules", vec![]).await;
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(rows[0], json!({"deviceId": "gw1", "moduleId": "relay"}));
+    let (_, _, rows) = query("SELECT COUNT() AS n FROM devices.modules", vec![]).await;
+    assert_eq!(rows, json!([{"n": 3}]));
+    let (_, _, rows) = query("SELECT COUNT() AS n FROM devices", vec![]).await;
+    assert_eq!(rows, json!([{"n": 3}]));
+    // Paging: the continuation names the module.
+    let (_, headers, first) = query(
+        "SELECT * FROM devices.modules",
+        vec![("x-ms-max-item-count", "2".into())],
+    )
+    .await;
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    let cont = headers["x-ms-continuation"].to_str().unwrap().to_owned();
+    let (_, headers, rest_rows) = query(
+        "SELECT * FROM devices.modules",
+        vec![
+            ("x-ms-max-item-count", "2".into()),
+            ("x-ms-continuation", cont),
+        ],
+    )
+    .await;
+    assert_eq!(rest_rows.as_array().unwrap().len(), 1);
+    assert_eq!(rest_rows[0]["deviceId"], "gw2");
+    assert!(headers.get("x-ms-continuation").is_none());
+    let (status, _, _) = query("SELECT * FROM devices.jobs", vec![]).await;
+    assert_eq!(status, 400);
+}
