@@ -127,28 +127,11 @@ impl Registry {
                 "cloud-to-device messages are limited to 64 KB".into(),
             ));
         }
-        self.get_device(hub, id).await?;
         let queue = docs::key(hub, id);
-        let pending = self
-            .store
-            .list(
-                Collection::C2dMessages,
-                Some(&queue),
-                None,
-                MAX_C2D_QUEUE + 1,
-            )
-            .await?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let live = pending
-            .iter()
-            .filter(|r| {
-                r.body
-                    .get("expiryUnix")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-                    > now
-            })
-            .count();
+        if self.store.get(Collection::Devices, &queue).await?.is_none() {
+            return Err(HubError::DeviceNotFound(id.to_owned()));
+        }
+        let live = self.c2d_queued(&queue).await?;
         if live >= MAX_C2D_QUEUE {
             return Err(HubError::QueueFull(id.to_owned()));
         }

@@ -518,18 +518,18 @@ impl Registry {
         )
     }
 
-    async fn load_twin(
+    /// The twin record of an identity (created when missing) and the identity's record.
+    async fn load_twin_records(
         &self,
         hub: &str,
         id: &str,
-    ) -> Result<(muster_store::Record, Value), HubError> {
+    ) -> Result<(muster_store::Record, muster_store::Record), HubError> {
         let key = docs::key(hub, id);
-        let record = self
+        let identity = self
             .store
             .get(identity_collection(id), &key)
             .await?
             .ok_or_else(|| not_found(id))?;
-        let device = self.view(record).await?;
         let twin = match self.store.get(Collection::Twins, &key).await? {
             Some(t) => t,
             None => {
@@ -545,7 +545,18 @@ impl Registry {
                     .await?
             }
         };
-        Ok((twin, device))
+        Ok((twin, identity))
+    }
+
+    /// The twin record and the identity's service view (for the service's twin view; devices'
+    /// own twin requests need only the record).
+    async fn load_twin(
+        &self,
+        hub: &str,
+        id: &str,
+    ) -> Result<(muster_store::Record, Value), HubError> {
+        let (twin, identity) = self.load_twin_records(hub, id).await?;
+        Ok((twin, self.view(identity).await?))
     }
 
     /// The service view of a twin.
@@ -710,7 +721,7 @@ impl Registry {
     /// # Errors
     /// [`HubError::DeviceNotFound`].
     pub async fn device_twin(&self, hub: &str, id: &str) -> Result<Value, HubError> {
-        let (twin, _) = self.load_twin(hub, id).await?;
+        let (twin, _) = self.load_twin_records(hub, id).await?;
         Ok(twin::device_view(&twin.body))
     }
 
@@ -726,7 +737,7 @@ impl Registry {
         patch: &Value,
     ) -> Result<u64, HubError> {
         for _ in 0..8 {
-            let (record, _) = self.load_twin(hub, id).await?;
+            let (record, _) = self.load_twin_records(hub, id).await?;
             let mut twin = record.body.clone();
             let version =
                 twin::patch_properties(&mut twin, Section::Reported, patch, &now(), &self.limits)?;
