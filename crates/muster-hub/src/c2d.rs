@@ -327,15 +327,22 @@ impl Registry {
         lock_token: &str,
     ) -> Result<(), HubError> {
         let r = self.locked(hub, id, lock_token).await?;
-        self.store
+        // Changed or gone since the lock was checked: another delivery owns it now. A storage
+        // failure stays a storage failure.
+        let deleted = self
+            .store
             .delete(
                 Collection::C2dMessages,
                 &r.key,
                 Precondition::IfMatch(r.etag),
             )
             .await
-            .map_err(|_| HubError::MessageLockLost)?;
-        Ok(())
+            .or_else(ignore_race)?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(HubError::MessageLockLost)
+        }
     }
 
     /// The device refused a message: remove it without delivering it again.

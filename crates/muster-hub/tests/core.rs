@@ -97,6 +97,15 @@ async fn sas_identity(hub: &Hub, id: &str) -> muster_hub::Identity {
     authenticated(hub, id).await
 }
 
+/// Disable a device the way a service does: read it, set `status`, write it back.
+async fn disable(hub: &Hub, id: &str) {
+    let mut device = as_json(hub.registry().get_device("hub.local", id).await.unwrap());
+    device["status"] = json!("disabled");
+    hub.put_device("hub.local", id, &device, Some("*"))
+        .await
+        .unwrap();
+}
+
 fn token_error(e: AuthError) -> SasError {
     match e {
         AuthError::Token(e) => e,
@@ -172,18 +181,7 @@ async fn sas_authentication() {
     assert!(matches!(invalid, Err(AuthError::InvalidId(_))));
 
     // A disabled device is refused before its credentials are looked at.
-    let mut device = as_json(
-        f.hub
-            .registry()
-            .get_device("hub.local", "d1")
-            .await
-            .unwrap(),
-    );
-    device["status"] = json!("disabled");
-    f.hub
-        .put_device("hub.local", "d1", &device, Some("*"))
-        .await
-        .unwrap();
+    disable(&f.hub, "d1").await;
     let disabled = auth(token("hub.local/devices/d1", KEY, later)).await;
     assert!(matches!(disabled, Err(AuthError::Disabled(_))));
 }
@@ -470,18 +468,7 @@ async fn live_sessions_hear_of_twin_changes_mail_and_removal() {
         .unwrap();
 
     // Disabling the device ends its session; the disconnect is recorded.
-    let mut device = as_json(
-        f.hub
-            .registry()
-            .get_device("hub.local", "d1")
-            .await
-            .unwrap(),
-    );
-    device["status"] = json!("disabled");
-    f.hub
-        .put_device("hub.local", "d1", &device, Some("*"))
-        .await
-        .unwrap();
+    disable(&f.hub, "d1").await;
     assert!(session.kicked.is_cancelled());
     f.hub.disconnect(&me, session.generation).await;
     assert_eq!(
