@@ -325,7 +325,7 @@ impl Registry {
         hub: &str,
         id: &str,
         lock_token: &str,
-    ) -> Result<(), HubError> {
+    ) -> Result<Option<C2dMessage>, HubError> {
         let r = self.locked(hub, id, lock_token).await?;
         // Changed or gone since the lock was checked: another delivery owns it now. A storage
         // failure stays a storage failure.
@@ -339,7 +339,7 @@ impl Registry {
             .await
             .or_else(ignore_race)?;
         if deleted {
-            Ok(())
+            Ok(C2dMessage::from_json(&r.body))
         } else {
             Err(HubError::MessageLockLost)
         }
@@ -349,14 +349,19 @@ impl Registry {
     ///
     /// # Errors
     /// [`HubError::MessageLockLost`] when the lock is unknown or expired.
-    pub async fn reject_c2d(&self, hub: &str, id: &str, lock_token: &str) -> Result<(), HubError> {
-        self.complete_c2d(hub, id, lock_token).await?;
+    pub async fn reject_c2d(
+        &self,
+        hub: &str,
+        id: &str,
+        lock_token: &str,
+    ) -> Result<Option<C2dMessage>, HubError> {
+        let message = self.complete_c2d(hub, id, lock_token).await?;
         info!(
             hub,
             device_id = id,
             "cloud-to-device message rejected by the device"
         );
-        Ok(())
+        Ok(message)
     }
 
     /// The device gave a message back: unlock it for another delivery.

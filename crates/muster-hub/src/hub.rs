@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::auth::{self, AuthError, Authenticated, CaSource, Credential};
 use crate::c2d::{C2dMessage, Delivery};
 use crate::docs;
+use crate::feedback;
 use crate::identity::{Action, Identity};
 use crate::methods::{MethodCall, MethodResult};
 use crate::model::{Device, DeviceStatus, Module, Twin};
@@ -30,6 +31,7 @@ pub struct Hub {
     registry: Registry,
     events: Arc<dyn EventLog>,
     presence: Presence,
+    feedback: feedback::Feedback,
     cas: Arc<dyn CaSource>,
     hostnames: Vec<String>,
     resource_hosts: Vec<String>,
@@ -54,6 +56,7 @@ impl Hub {
             registry,
             events,
             presence: Presence::default(),
+            feedback: feedback::Feedback::default(),
             cas,
             hostnames,
             resource_hosts,
@@ -458,11 +461,44 @@ impl Hub {
         outcome: Settlement,
     ) -> Result<(), HubError> {
         let (hub, id) = (&identity.hub, identity.device_id.as_str());
-        match outcome {
-            Settlement::Complete => self.registry.complete_c2d(hub, id, lock_token).await,
-            Settlement::Abandon => self.registry.abandon_c2d(hub, id, lock_token).await,
-            Settlement::Reject => self.registry.reject_c2d(hub, id, lock_token).await,
+        let (settled, success) = match outcome {
+            Settlement::Complete => (self.registry.complete_c2d(hub, id, lock_token).await?, true),
+            Settlement::Abandon => return self.registry.abandon_c2d(hub, id, lock_token).await,
+            Settlement::Reject => (self.registry.reject_c2d(hub, id, lock_token).await?, false),
+        };
+        if let Some(message) = settled
+            && feedback::wanted(message.ack.as_deref(), success)
+        {
+            let generation = match self.registry.device_document(hub, id).await {
+                Ok(Some(doc)) => doc
+                    .get("generationId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => String::new(),
+            };
+            let (status, description) = if success {
+                ("Success", "Success")
+            } else {
+                ("Rejected", "Message rejected")
+            };
+            let record = feedback::FeedbackRecord {
+                original_message_id: message.message_id,
+                device_id: id.to_owned(),
+                status_code: status.to_owned(),
+                description: description.to_owned(),
+                enqueued_time_utc: muster_types::time_fmt::azure(time::OffsetDateTime::now_utc()),
+                device_generation_id: generation,
+            };
+            self.feedback.push(hub, record);
         }
+        Ok(())
+    }
+
+    /// Delivery feedback waiting for the services' feedback receivers.
+    #[must_use]
+    pub fn feedback(&self) -> &feedback::Feedback {
+        &self.feedback
     }
 
     /// The saved subscriptions of a persistent session (`persistent`), or a clean start that

@@ -14,6 +14,7 @@
 //!   them.
 //! - [`telemetry`]: device-to-cloud messages and their events.
 //! - [`c2d`]: the cloud-to-device mailbox with lock tokens (complete, abandon, reject, expiry).
+//! - [`feedback`]: delivery feedback records for services that asked for them (`iothub-ack`).
 //! - [`methods`]: direct-method calls and their limits.
 //! - [`activity`]: connection state, kept out of the identity etag.
 //! - [`model`]: the typed domain — [`model::Device`], [`model::Module`], [`model::Twin`] in IoT
@@ -35,6 +36,7 @@ pub mod activity;
 pub mod auth;
 pub mod c2d;
 pub mod docs;
+pub mod feedback;
 pub mod hub;
 pub mod identity;
 pub mod keys;

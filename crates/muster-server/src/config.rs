@@ -19,6 +19,9 @@ bind = "127.0.0.1"
 # MQTT over TLS for devices (DPS and hub share it; the Azure SDKs require 8883).
 mqtt_port = 8883
 
+# AMQP 1.0 over TLS for devices, DPS and service clients (the Azure SDKs require 5671).
+amqp_port = 5671
+
 # HTTPS for the management REST API and DPS registration over HTTPS (Node SDKs need 443).
 # It asks every client for a certificate (devices authenticate with one).
 https_port = 8443
@@ -138,6 +141,8 @@ pub struct Config {
     pub bind: IpAddr,
     /// MQTT port (0 = any free port).
     pub mqtt_port: u16,
+    /// AMQP port (0 = any free port).
+    pub amqp_port: u16,
     /// HTTPS port (0 = any free port).
     pub https_port: u16,
     /// Portal HTTPS port, without client-certificate requests (0 = any free port).
@@ -158,6 +163,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./muster-data"),
             bind: IpAddr::from([127, 0, 0, 1]),
             mqtt_port: 8883,
+            amqp_port: 5671,
             https_port: 8443,
             portal_port: 8444,
             hostnames: vec!["localhost".to_owned()],

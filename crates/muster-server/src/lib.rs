@@ -10,6 +10,7 @@
 //! - [`bootstrap`]: trust root, server certificate, ID scope, policy keys, database location.
 //! - [`tls`]: the shared rustls configuration (client certificates requested, checked later).
 //! - `mqtt`: the MQTT listener and its DPS and hub sessions (framing from `muster-mqtt`).
+//! - `amqp`: the AMQP 1.0 listener: DPS, hub devices and service clients by link address.
 //! - [`wiring`]: DPS → hub assignment and the DPS's CAs for hub authentication.
 //! - `rest`: the axum router: DPS service API, DPS device API over HTTPS, SAS auth, errors.
 //! - `device_api`: register/poll shared by both transports; `operations`: results awaiting a poll.
@@ -20,6 +21,7 @@
 //! operations map (one short mutex section per register/poll) and the store (its own locking).
 
 mod accept;
+mod amqp;
 pub mod bootstrap;
 pub mod config;
 mod device_api;
@@ -109,6 +111,8 @@ pub enum ServerError {
 pub struct Running {
     /// Where MQTT listens.
     pub mqtt_addr: SocketAddr,
+    /// Where AMQP listens.
+    pub amqp_addr: SocketAddr,
     /// Where HTTPS listens.
     pub https_addr: SocketAddr,
     /// Where the portal's HTTPS (no client-certificate request) listens.
@@ -255,6 +259,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         Ok::<_, ServerError>((listener, addr))
     };
     let (mqtt_listener, mqtt_addr) = listen(config.mqtt_port).await?;
+    let (amqp_listener, amqp_addr) = listen(config.amqp_port).await?;
     let (https_listener, https_addr) = listen(config.https_port).await?;
     let (portal_listener, portal_addr) = listen(config.portal_port).await?;
     let lock = lock::DataDirLock::acquire(&config.data_dir)?;
@@ -263,11 +268,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let chain = read(&paths.server())?;
     let key = read(&paths.server_key())?;
     let mqtt_tls = TlsAcceptor::from(tls::server_config(&chain, &key, false)?);
+    let amqp_tls = mqtt_tls.clone();
     let https_tls = TlsAcceptor::from(tls::server_config(&chain, &key, true)?);
     let portal_tls = TlsAcceptor::from(tls::portal_config(&chain, &key)?);
     let ports = Ports {
         mqtt: mqtt_addr.port(),
         https: https_addr.port(),
+        amqp: amqp_addr.port(),
         portal: portal_addr.port(),
     };
     let endpoint = write_endpoint(&config, &paths, ports)?;
@@ -278,6 +285,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         mqtt_listener,
         Arc::clone(&ctx),
         mqtt_tls,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(amqp::serve(
+        amqp_listener,
+        Arc::clone(&ctx),
+        amqp_tls,
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -313,6 +327,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let info = info(&config, &paths, &state, ports);
     info!(
         mqtt = %mqtt_addr,
+        amqp = %amqp_addr,
         https = %https_addr,
         portal = %portal_addr,
         id_scope = state.id_scope,
@@ -321,6 +336,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     );
     Ok(Running {
         mqtt_addr,
+        amqp_addr,
         https_addr,
         portal_addr,
         info,
@@ -343,6 +359,8 @@ pub struct Ports {
     pub mqtt: u16,
     /// HTTPS (client certificates requested).
     pub https: u16,
+    /// AMQP over TLS.
+    pub amqp: u16,
     /// HTTPS for browsers (no client-certificate request).
     pub portal: u16,
 }
@@ -358,6 +376,7 @@ fn write_endpoint(
         "bind": config.bind.to_string(),
         "mqttPort": ports.mqtt,
         "httpsPort": ports.https,
+        "amqpPort": ports.amqp,
         "portalPort": ports.portal,
         "pid": std::process::id(),
     });
@@ -394,6 +413,7 @@ pub fn info(config: &Config, paths: &Paths, state: &State, ports: Ports) -> Valu
         "bind": config.bind.to_string(),
         "mqttPort": mqtt_port,
         "httpsPort": https_port,
+        "amqpPort": ports.amqp,
         "portalPort": ports.portal,
         "portalUrl": format!("https://{host}:{}/portal/", ports.portal),
         "trustBundle": trust,

@@ -64,6 +64,7 @@ impl TestServer {
         let mut config = Config {
             data_dir: dir.path().join("data"),
             mqtt_port: 0,
+            amqp_port: 0,
             https_port: 0,
             portal_port: 0,
             hostnames: vec!["localhost".into()],
@@ -108,6 +109,11 @@ impl TestServer {
     /// The MQTT port.
     pub fn mqtt_port(&self) -> u16 {
         self.running.mqtt_addr.port()
+    }
+
+    /// The AMQP port.
+    pub fn amqp_port(&self) -> u16 {
+        self.running.amqp_addr.port()
     }
 
     /// The HTTPS port.

@@ -420,6 +420,9 @@ pub(crate) struct ServeArgs {
     /// MQTT-over-TLS port [default: 8883].
     #[arg(long, env = "MUSTER_MQTT_PORT")]
     pub(crate) mqtt_port: Option<u16>,
+    /// AMQP-over-TLS port [default: 5671].
+    #[arg(long, env = "MUSTER_AMQP_PORT")]
+    pub(crate) amqp_port: Option<u16>,
     /// HTTPS port [default: 8443].
     #[arg(long, env = "MUSTER_HTTPS_PORT")]
     pub(crate) https_port: Option<u16>,

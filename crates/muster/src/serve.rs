@@ -43,6 +43,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(p) = args.mqtt_port {
         config.mqtt_port = p;
     }
+    if let Some(p) = args.amqp_port {
+        config.amqp_port = p;
+    }
     if let Some(p) = args.https_port {
         config.https_port = p;
     }
@@ -147,6 +150,7 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
     };
     let mut mqtt_port = config.mqtt_port;
     let mut https_port = config.https_port;
+    let mut amqp_port = config.amqp_port;
     let mut portal_port = config.portal_port;
     if let Ok(text) = std::fs::read_to_string(data_dir.join(ENDPOINT_FILE))
         && let Ok(endpoint) = serde_json::from_str::<Value>(&text)
@@ -171,6 +175,10 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(https_port);
+        amqp_port = field(&endpoint, "amqpPort")
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(amqp_port);
         portal_port = field(&endpoint, "portalPort")
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
@@ -179,6 +187,7 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
     let ports = muster_server::Ports {
         mqtt: mqtt_port,
         https: https_port,
+        amqp: amqp_port,
         portal: portal_port,
     };
     Ok(muster_server::info(&config, &paths, &state, ports))

@@ -5,7 +5,7 @@
 //! `enrollmentgroups` both work, as the Node SDK uses both) by normalising known keywords before
 //! routing.
 
-mod auth;
+pub(crate) mod auth;
 mod dps_device;
 mod dps_service;
 mod events;
