@@ -1,5 +1,5 @@
 'use strict';
-// Shared plumbing for provision.js and service.js (not a test itself).
+// Shared plumbing for the drivers in this folder (not a test itself).
 //
 // Contract (mirrors ../sdk_harness.py): exactly ONE JSON line on stdout,
 // nothing else is ever written to stdout.
@@ -101,19 +101,62 @@ function errorBody(e) {
   return null;
 }
 
+// AMQP error object ({condition, description, info}, rhea's decoded `error`
+// composite): either passed through unchanged (azure-iot-provisioning-device-amqp
+// hands a rejected register request's error to register()'s callback as is), or
+// kept by the SDK's translateError as `err.amqpError`.
+function amqpErrorOf(e) {
+  if (!e || typeof e !== 'object') return null;
+  if (typeof e.condition === 'string') return e;
+  const inner = e.amqpError;
+  if (inner && typeof inner === 'object' && typeof inner.condition === 'string') return inner;
+  return null;
+}
+
+// The error class the SDK's translateError picks for a raw AMQP error.
+function amqpErrorName(a) {
+  try {
+    const { translateError } = require('azure-iot-amqp-base');
+    return errName(translateError(String(a.description || a.condition), a));
+  } catch (_) {
+    return 'AmqpError';
+  }
+}
+
 function errorJson(e, extra) {
   const httpStatus = transportStatus(e);
-  const body = errorBody(e);
-  const errorCode = body && typeof body === 'object' && body.errorCode !== undefined ? body.errorCode : null;
+  let body = errorBody(e);
+  const amqp = amqpErrorOf(e);
+  const description = amqp && typeof amqp.description === 'string' ? amqp.description : null;
+  if (body === null && description !== null) {
+    // DPS over AMQP: the description is the JSON error body ({"errorCode":401002,..}).
+    try {
+      const parsed = JSON.parse(description);
+      if (parsed && typeof parsed === 'object') body = parsed;
+    } catch (_) { /* plain text */ }
+  }
+  let errorCode = body && typeof body === 'object' && body.errorCode !== undefined ? body.errorCode : null;
+  if (errorCode === null && description !== null) {
+    const m = /"?errorCode"?\s*[:=]\s*"?(\d+)/i.exec(description);
+    if (m) errorCode = Number(m[1]);
+  }
+  const raw = amqp !== null && amqp === e && !(e instanceof Error);
   const out = {
     ok: false,
-    error: errName(e),
-    message: errMessage(e),
+    error: raw ? amqpErrorName(e) : errName(e),
+    message: raw ? (description !== null ? description : String(e.condition)) : errMessage(e),
     status: errorCode !== null ? errorCode : httpStatus,
     httpStatus: httpStatus,
     body: body,
     code: e && typeof e === 'object' && e.code !== undefined ? e.code : null,
   };
+  if (amqp !== null) {
+    // Only for AMQP errors, so the MQTT/HTTP lines keep their shape.
+    out.errorCode = errorCode;
+    out.amqpCondition = amqp.condition;
+    out.amqpDescription = description;
+    out.amqpInfo = amqp.info === undefined ? null : amqp.info;
+  }
   return Object.assign(out, extra || {});
 }
 
@@ -139,4 +182,4 @@ function run(timeoutSeconds, fn, onError) {
     }, fail);
 }
 
-module.exports = { parseArgs, usage, run, errorJson, errName, errMessage, transportStatus, errorBody, emitAndExit };
+module.exports = { parseArgs, usage, run, errorJson, errName, errMessage, transportStatus, errorBody, emitAndExit, amqpErrorOf };

@@ -1,20 +1,27 @@
 #!/usr/bin/env node
 'use strict';
 // Provision one device with the official, unmodified Azure IoT Node DPS SDK
-// (azure-iot-provisioning-device + -mqtt / -http transport + X509Security or
-// SymmetricKeySecurityClient). Prints exactly one JSON line; see harness.js.
+// (azure-iot-provisioning-device + -mqtt / -http / -amqp transport + X509Security
+// or SymmetricKeySecurityClient). Prints exactly one JSON line; see harness.js.
 
 const crypto = require('crypto');
 const fs = require('fs');
 const harness = require('./harness');
 
-const USAGE = `usage: provision.js --transport mqtt|http --host HOST --id-scope SCOPE
+const TRANSPORTS = ['mqtt', 'mqtt-ws', 'amqp', 'amqp-ws', 'http'];
+
+const USAGE = `usage: provision.js --transport mqtt|mqtt-ws|amqp|amqp-ws|http --host HOST --id-scope SCOPE
                     --registration-id ID
                     (--cert FILE --key FILE [--pass-phrase P] | --symmetric-key K | --group-key G)
                     [--payload JSON] [--timeout SECONDS] [--verbose]
 
+  --transport   mqtt: Mqtt, mqtt-ws: MqttWs (azure-iot-provisioning-device-mqtt);
+                amqp: Amqp, amqp-ws: AmqpWs (azure-iot-provisioning-device-amqp);
+                http: Http (azure-iot-provisioning-device-http).
   --host        DPS host. MQTT: "host" (port 8883) or "host:port".
-                HTTP: always port 443, "host:port" is NOT supported by the SDK.
+                AMQP: "host" (port 5671) or "host:port"; symmetric keys use SASL PLAIN.
+                HTTP and both WebSocket transports: always port 443 (WebSockets:
+                wss://host:443/$iothub/websocket), "host:port" is NOT supported.
   --cert/--key  X.509 device certificate (chain) and key, PEM (X509Security).
   --symmetric-key  device key (base64) for SymmetricKeySecurityClient.
   --group-key   enrollment-group key (base64); the device key is derived as
@@ -48,7 +55,7 @@ function main() {
   for (const f of ['host', 'id-scope', 'registration-id']) {
     if (!a[f]) harness.usage(USAGE, '--' + f + ' is required');
   }
-  if (a.transport !== 'mqtt' && a.transport !== 'http') harness.usage(USAGE, '--transport must be mqtt or http');
+  if (!TRANSPORTS.includes(a.transport)) harness.usage(USAGE, '--transport must be one of ' + TRANSPORTS.join(', '));
   const x509 = a.cert !== undefined || a.key !== undefined;
   const nKinds = [x509, a['symmetric-key'] !== undefined, a['group-key'] !== undefined].filter(Boolean).length;
   if (nKinds !== 1) harness.usage(USAGE, 'give exactly one of --cert/--key, --symmetric-key, --group-key');
@@ -61,9 +68,13 @@ function main() {
   harness.run(a.timeout, async () => {
     // SDK modules are loaded only now (after --verbose set DEBUG).
     const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
-    const Transport = a.transport === 'mqtt'
-      ? require('azure-iot-provisioning-device-mqtt').Mqtt
-      : require('azure-iot-provisioning-device-http').Http;
+    const Transport = {
+      mqtt: () => require('azure-iot-provisioning-device-mqtt').Mqtt,
+      'mqtt-ws': () => require('azure-iot-provisioning-device-mqtt').MqttWs,
+      amqp: () => require('azure-iot-provisioning-device-amqp').Amqp,
+      'amqp-ws': () => require('azure-iot-provisioning-device-amqp').AmqpWs,
+      http: () => require('azure-iot-provisioning-device-http').Http,
+    }[a.transport]();
 
     const regId = a['registration-id'];
     let security;
@@ -91,7 +102,7 @@ function main() {
       transport: a.transport,
       payload: st.payload === undefined ? null : st.payload,
     };
-  });
+  }, (e) => harness.errorJson(e, { transport: a.transport }));
 }
 
 main();

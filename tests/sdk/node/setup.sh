@@ -31,7 +31,9 @@ fi
 for (const p of ["azure-iot-provisioning-device", "azure-iot-provisioning-device-mqtt",
                  "azure-iot-provisioning-device-http", "azure-iot-security-x509",
                  "azure-iot-security-symmetric-key", "azure-iot-provisioning-service",
-                 "azure-iot-device", "azure-iot-device-mqtt", "azure-iothub"]) require(p);
+                 "azure-iot-provisioning-device-amqp", "azure-iot-device",
+                 "azure-iot-device-mqtt", "azure-iot-device-amqp", "azure-iot-device-http",
+                 "azure-iothub", "rhea"]) require(p);
 ' >&2)
 echo "$want" > "$marker"
 

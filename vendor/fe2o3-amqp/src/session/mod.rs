@@ -897,8 +897,19 @@ impl endpoint::Session for Session {
                     }
                 }
             }
+            // muster patch: an echoed delivery is settled here; forget its id.
+            for delivery_id in &delivery_ids {
+                self.delivery_tag_by_id
+                    .remove(&(disposition.role.clone(), *delivery_id));
+            }
 
-            let chunk_inds = consecutive_chunk_indices(&delivery_ids[..]);
+            // muster patch: the chunk ends do not include the last chunk; without this the
+            // final (often the only) delivery is never echoed as settled, and a receiver in
+            // rcv-settle-mode second waits for ever.
+            let mut chunk_inds = consecutive_chunk_indices(&delivery_ids[..]);
+            if !delivery_ids.is_empty() {
+                chunk_inds.push(delivery_ids.len());
+            }
 
             let mut dispositions = Vec::with_capacity(chunk_inds.len());
             let mut prev_ind = 0;
