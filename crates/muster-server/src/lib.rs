@@ -14,6 +14,7 @@
 //! - [`wiring`]: DPS → hub assignment and the DPS's CAs for hub authentication.
 //! - `rest`: the axum router: DPS service API, DPS device API over HTTPS, SAS auth, errors.
 //! - `device_api`: register/poll shared by both transports; `operations`: results awaiting a poll.
+//! - `websocket`: MQTT and AMQP tunnelled through WebSockets on the HTTPS port.
 //! - `json`: ASCII-only JSON for device responses; `webhook`: the HTTP client for custom allocation.
 //!
 //! # Ownership
@@ -32,6 +33,7 @@ mod operations;
 mod rest;
 pub mod tls;
 mod webhook;
+mod websocket;
 pub mod wiring;
 
 #[cfg(feature = "fuzzing")]

@@ -119,10 +119,16 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
     let hub = hub_service::routes().merge(events::routes()).route_layer(
         axum::middleware::from_fn_with_state(Arc::clone(&ctx), auth::require_hub_policy),
     );
+    let tunnels = crate::websocket::PATHS
+        .iter()
+        .fold(Router::new(), |r, path| {
+            r.route(path, axum::routing::get(crate::websocket::upgrade))
+        });
     Router::new()
         .merge(management)
         .merge(hub)
         .merge(dps_device::routes())
+        .merge(tunnels)
         .fallback(fallback::unknown_path)
         .layer(DefaultBodyLimit::max(ctx.limits.max_body_size))
         .layer(axum::middleware::from_fn(fallback::shape_errors))
@@ -163,6 +169,10 @@ pub(crate) async fn serve(
         let app = app.clone();
         let shutdown = shutdown.clone();
         let timeout = ctx.limits.connect_timeout;
+        let tunnels = crate::websocket::Tunnels {
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
         tracker.spawn(
             async move {
                 let tls = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
@@ -196,6 +206,7 @@ pub(crate) async fn serve(
                         }
                     }
                     req.extensions_mut().insert(chain.clone());
+                    req.extensions_mut().insert(tunnels.clone());
                     req.map(Body::new)
                 });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -210,7 +221,8 @@ pub(crate) async fn serve(
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Some(HEADER_READ_TIMEOUT))
             .keep_alive_timeout(HEADER_READ_TIMEOUT);
-                let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                // Upgrades: MQTT and AMQP tunnels (crate::websocket).
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(service));
                 tokio::pin!(conn);
                 tokio::select! {
                     r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "HTTP connection ended with an error") },

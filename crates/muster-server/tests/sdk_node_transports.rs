@@ -1,4 +1,4 @@
-//! The official Azure IoT Node SDKs (unmodified) against muster over AMQP 1.0: the seed lab end
+//! The official Azure IoT Node SDKs (unmodified) against muster over AMQP 1.0 and WebSockets: the seed lab end
 //! to end (DPS with X.509, hub, initial twin, telemetry, a desired change reported back,
 //! retirement), hub devices with SAS and X.509 (telemetry, twin, desired pushes, C2D complete
 //! and reject, direct methods), DPS with a group key and a refusal, the service client's C2D
@@ -591,4 +591,151 @@ async fn the_dotnet_device_pattern_works_over_amqp() {
     assert_eq!(result["c2d"]["tagLengths"], json!([16]), "{result}");
     let device = hub.ok(Method::GET, "/devices/dotnet-1", None, &[]).await;
     assert_eq!(device["cloudToDeviceMessageCount"], 0, "{device}");
+}
+
+/// A server on `127.0.0.{last_octet}` with the SDKs' fixed ports (443 for WebSockets and
+/// HTTPS devices).
+async fn server_on(last_octet: u8) -> TestServer {
+    let bind = std::net::IpAddr::from([127, 0, 0, last_octet]);
+    TestServer::start_with(|c| {
+        c.bind = bind;
+        c.https_port = 443;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the official Node SDKs (MUSTER_SDK_NODE) and port 443; run with: bash tests/sdk/run.sh"]
+async fn node_devices_and_dps_use_websockets_on_443() {
+    let server = server_on(41).await;
+    let host = "127.0.0.41";
+    let hub_cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .replace(
+            &format!("HostName=localhost:{}", server.https_port()),
+            &format!("HostName={host}"),
+        );
+    let hub = Rest::new(&hub_cs, &server.ca_pem(), server.running.https_addr);
+    let ca = server.ca_path();
+    let ca_arg = ca.display().to_string();
+    for transport in ["mqtt-ws", "amqp-ws"] {
+        let id = format!("ws-{transport}");
+        let d = hub
+            .ok(
+                Method::PUT,
+                &format!("/devices/{id}"),
+                Some(json!({"deviceId": id})),
+                &[],
+            )
+            .await;
+        let key = d["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap();
+        let cs = format!("HostName={host};DeviceId={id};SharedAccessKey={key}");
+        let args = [
+            "--transport",
+            transport,
+            "--connection-string",
+            &cs,
+            "--ca",
+            &ca_arg,
+            "--timeout",
+            "40",
+        ];
+        let result = drive_device(&hub, &id, &ca, &args).await;
+        assert_eq!(result["ok"], true, "{transport}: {result}");
+        assert_eq!(result["patch"]["telemetryDelay"], "2", "{transport}");
+        assert_eq!(result["c2d"]["data"], "hello", "{transport}");
+        let events = hub.read_events(&id, 1).await;
+        assert_eq!(
+            events[0]["properties"]["temperatureAlert"], "true",
+            "{transport}: {events:?}"
+        );
+    }
+
+    // DPS through the tunnel: X.509 over AMQP (certificate in the 443 handshake), a group key
+    // over MQTT.
+    let dps = server.rest();
+    let pki = Pki::new();
+    dps.upload_verified_ca("root-ca", &pki.root.cert.pem, &pki.root.cert.key_pem)
+        .await;
+    dps.ok(
+        Method::PUT,
+        "/enrollmentGroups/x509",
+        Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "root-ca"}}}})),
+        &[],
+    )
+    .await;
+    dps.ok(
+        Method::PUT,
+        "/enrollmentGroups/sas",
+        Some(json!({"attestation": {"type": "symmetricKey"}})),
+        &[],
+    )
+    .await;
+    let att = dps
+        .ok(
+            Method::POST,
+            "/enrollmentGroups/sas/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    let group_key = att["symmetricKey"]["primaryKey"].as_str().unwrap();
+    let work = server.dir.path();
+    let cert = write(
+        work,
+        "device-1.pem",
+        &format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem),
+    );
+    let key = write(work, "device-1.key.pem", &pki.leaf.key_pem);
+    let scope = server.id_scope();
+    let x509 = node(
+        "provision.js",
+        &ca,
+        &[
+            "--transport",
+            "amqp-ws",
+            "--host",
+            host,
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            "device-1",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--timeout",
+            "40",
+        ],
+    )
+    .await;
+    assert_eq!(x509["ok"], true, "{x509}");
+    assert_eq!(x509["deviceId"], "device-1");
+    for transport in ["mqtt-ws", "amqp-ws"] {
+        let id = format!("sensor-{transport}");
+        let sas = node(
+            "provision.js",
+            &ca,
+            &[
+                "--transport",
+                transport,
+                "--host",
+                host,
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                &id,
+                "--group-key",
+                group_key,
+                "--timeout",
+                "40",
+            ],
+        )
+        .await;
+        assert_eq!(sas["ok"], true, "{transport}: {sas}");
+        assert_eq!(sas["deviceId"], id);
+    }
 }
