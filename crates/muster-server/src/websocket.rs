@@ -224,7 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ByteStream<S> {
             match ready!(self.ws().poll_next(cx)) {
                 Some(Ok(Message::Binary(data))) => self.pending = data,
                 Some(Ok(Message::Text(text))) => {
-                    self.pending = Bytes::from(text.as_bytes().to_vec())
+                    self.pending = Bytes::from(text.as_bytes().to_vec());
                 }
                 // Pongs are answered by tungstenite on the next write or flush.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
