@@ -58,6 +58,9 @@ pub enum HubError {
     /// has expired (the message was delivered again, completed or expired meanwhile).
     #[error("the lock token of this cloud-to-device message is unknown or has expired")]
     MessageLockLost,
+    /// 413 MessageTooLarge: a device-to-cloud message over 256 KB.
+    #[error("{0}")]
+    MessageTooLarge(String),
     /// 500: the system has no randomness for a new key.
     #[error("cannot generate a key: the system has no randomness")]
     NoRandomness,
@@ -87,7 +90,7 @@ impl HubError {
     pub fn status(&self) -> u16 {
         match self {
             Self::InvalidInput(_) => 400,
-            Self::Twin(TwinError::TooLarge { .. }) => 413,
+            Self::Twin(TwinError::TooLarge { .. }) | Self::MessageTooLarge(_) => 413,
             Self::Twin(_) => 400,
             Self::Unauthorized => 401,
             Self::DeviceNotFound(_) | Self::DeviceNotOnline(_) | Self::ModuleNotFound(_) => 404,
@@ -114,6 +117,7 @@ impl HubError {
             Self::ModuleAlreadyExists(_) => "ModuleAlreadyExistsOnDevice",
             Self::PreconditionFailed => "PreconditionFailed",
             Self::MessageLockLost => "DeviceMessageLockLost",
+            Self::MessageTooLarge(_) => "MessageTooLarge",
             Self::Store(_) | Self::NoRandomness | Self::Corrupt(_) => "ServerError",
         }
     }

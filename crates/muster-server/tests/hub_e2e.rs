@@ -1363,3 +1363,133 @@ async fn module_twins_are_queried_from_devices_modules() {
     let (status, _, _) = query("SELECT * FROM devices.jobs", vec![]).await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn the_https_device_api_sends_telemetry_and_settles_c2d() {
+    let server = TestServer::start().await;
+    let hub = server.hub_rest();
+    let token = hub.sas_device("http-dev").await;
+    let post = |path: &str, body: &'static [u8], content_type: Option<&str>| {
+        let mut req = hub
+            .client
+            .post(format!("{}{path}", hub.base))
+            .header("authorization", &token)
+            .body(body);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        req
+    };
+    // One message with properties in headers, then a batch.
+    let r = post("/devices/http-dev/messages/events", b"single", None)
+        .header("iothub-app-temperatureAlert", "true")
+        .header("iothub-messageid", "m-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let batch =
+        br#"[{"body":"Zmlyc3Q=","properties":{"iothub-app-kind":"a"}},{"body":"c2Vjb25k"}]"#;
+    let r = post(
+        "/devices/http-dev/messages/events",
+        batch,
+        Some("application/vnd.microsoft.iothub.json"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    let events = hub.read_events("http-dev", 3).await;
+    let bodies: Vec<_> = events.iter().map(|e| e["body"].clone()).collect();
+    assert_eq!(
+        bodies,
+        [json!("single"), json!("first"), json!("second")],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["properties"]["temperaturealert"], "true");
+    assert_eq!(events[0]["systemProperties"]["message-id"], "m-1");
+    assert_eq!(events[1]["properties"]["kind"], "a");
+    // A batch that is not JSON (the SDK concatenates strings): 400, nothing stored.
+    let r = post(
+        "/devices/http-dev/messages/events",
+        br#"[{"body":"eA==","properties":{"iothub-app-q":"a"b"}}]"#,
+        Some("application/vnd.microsoft.iothub.json"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    // Another device's path, or no credential: 401.
+    let r = post("/devices/other/messages/events", b"x", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = hub
+        .client
+        .post(format!("{}/devices/http-dev/messages/events", hub.base))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // C2D: empty mailbox 204; a message with its lock as the quoted ETag; abandon gives it
+    // back; complete removes it; a lost lock is 412.
+    let receive = || {
+        hub.client
+            .get(format!(
+                "{}/devices/http-dev/messages/devicebound",
+                hub.base
+            ))
+            .header("authorization", &token)
+            .send()
+    };
+    assert_eq!(receive().await.unwrap().status(), 204);
+    assert_eq!(
+        hub.send_c2d("http-dev", b"hi", &[("iothub-app-priority", "high")])
+            .await,
+        204
+    );
+    let r = receive().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    assert_eq!(r.headers()["iothub-app-priority"], "high");
+    let lock = etag.trim_matches('"').to_owned();
+    assert_eq!(r.text().await.unwrap(), "hi");
+    let r = post(
+        &format!("/devices/http-dev/messages/devicebound/{lock}/abandon"),
+        b"",
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = receive().await.unwrap();
+    assert_eq!(r.status(), 200, "abandoned messages come back");
+    assert_eq!(r.headers()["iothub-deliverycount"], "2");
+    let lock2 = r.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let complete = |lock: String| {
+        hub.client
+            .delete(format!(
+                "{}/devices/http-dev/messages/devicebound/{lock}",
+                hub.base
+            ))
+            .header("authorization", &token)
+            .header("if-match", lock)
+            .send()
+    };
+    assert_eq!(
+        complete(lock.clone()).await.unwrap().status(),
+        412,
+        "the first lock is gone"
+    );
+    assert_eq!(complete(lock2).await.unwrap().status(), 204);
+    assert_eq!(receive().await.unwrap().status(), 204);
+}

@@ -654,6 +654,53 @@ async fn node_devices_and_dps_use_websockets_on_443() {
         );
     }
 
+    // The HTTPS device API (no twin or methods over HTTPS): telemetry, then a C2D message,
+    // rejected.
+    let d = hub
+        .ok(
+            Method::PUT,
+            "/devices/http-1",
+            Some(json!({"deviceId": "http-1"})),
+            &[],
+        )
+        .await;
+    let key = d["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let cs = format!("HostName={host};DeviceId=http-1;SharedAccessKey={key}");
+    let (child, _) = spawn_ready(
+        "hub_device.js",
+        &ca,
+        &[
+            "--transport",
+            "http",
+            "--connection-string",
+            &cs,
+            "--ca",
+            &ca_arg,
+            "--reject-c2d",
+            "--timeout",
+            "40",
+        ],
+    )
+    .await;
+    let status = hub
+        .send_c2d("http-1", b"over https", &[("iothub-app-priority", "high")])
+        .await;
+    assert_eq!(status, 204);
+    let result = finish(child).await;
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["c2d"]["data"], "over https");
+    assert_eq!(result["c2d"]["properties"]["priority"], "high", "{result}");
+    assert_eq!(result["c2dSettlement"], "rejected");
+    let events = hub.read_events("http-1", 1).await;
+    assert_eq!(
+        events[0]["properties"]["temperaturealert"], "true",
+        "{events:?}"
+    );
+    let device = hub.ok(Method::GET, "/devices/http-1", None, &[]).await;
+    assert_eq!(device["cloudToDeviceMessageCount"], 0, "{device}");
+
     // DPS through the tunnel: X.509 over AMQP (certificate in the 443 handshake), a group key
     // over MQTT.
     let dps = server.rest();

@@ -84,7 +84,7 @@ pub(crate) async fn unknown_path(State(ctx): State<Arc<Context>>, req: Request<B
 
 /// Whether a request carries a body of a media type no JSON handler takes: a declared
 /// `Content-Type` that is not JSON, on a request with a body, anywhere but a cloud-to-device
-/// send (whose body is the message, of any type).
+/// send or device telemetry (whose bodies are messages, of any type).
 fn unsupported_media_type(req: &Request<Body>) -> bool {
     let Some(kind) = req.headers().get(header::CONTENT_TYPE) else {
         return false;
@@ -98,12 +98,10 @@ fn unsupported_media_type(req: &Request<Body>) -> bool {
         .to_str()
         .map(|k| k.trim().to_ascii_lowercase())
         .is_ok_and(|k| k.starts_with("application/json") || k.is_empty());
-    let c2d = req
-        .uri()
-        .path()
-        .to_ascii_lowercase()
-        .ends_with("/messages/devicebound");
-    has_body && !json && !c2d
+    let path = req.uri().path().to_ascii_lowercase();
+    // Message bodies, of any type: a cloud-to-device send, device telemetry over HTTPS.
+    let message = path.ends_with("/messages/devicebound") || path.ends_with("/messages/events");
+    has_body && !json && !message
 }
 
 /// Middleware: give 404, 405, 413 and 415 answers without an error body of their own Azure's

@@ -87,9 +87,34 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
             "/twins/{id}/modules/{mid}/methods",
             axum::routing::post(invoke_module_method),
         )
+        // The device API shares these paths; super::hub_device authenticates its calls.
+        .route(
+            "/devices/{id}/messages/events",
+            axum::routing::post(super::hub_device::send_events),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound",
+            get(super::hub_device::receive),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound/{lock}",
+            axum::routing::delete(super::hub_device::complete),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound/{lock}",
+            axum::routing::delete(super::hub_device::complete),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound/{lock}/abandon",
+            axum::routing::post(super::hub_device::abandon),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound/{lock}/abandon",
+            axum::routing::post(super::hub_device::abandon),
+        )
         .route(
             "/devices/{id}/messages/devicebound",
-            axum::routing::post(send_c2d),
+            get(super::hub_device::receive).post(send_c2d),
         )
         .route("/devices/{id}/commands", axum::routing::delete(purge_c2d))
 }

@@ -10,6 +10,7 @@ mod dps_device;
 mod dps_service;
 mod events;
 mod fallback;
+mod hub_device;
 pub(crate) mod hub_service;
 
 use std::sync::Arc;
