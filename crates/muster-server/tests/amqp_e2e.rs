@@ -1,0 +1,305 @@
+//! The AMQP listener with a real AMQP client (fe2o3-amqp's client side) and raw bytes: CBS
+//! tokens good and bad, telemetry that reaches the event stream, links to another device's
+//! address refused with `amqp:unauthorized-access`, and garbage of every kind — a wrong
+//! protocol header, garbage after the header, a frame over the negotiated size, a silent
+//! peer, a WebSocket upgrade for an unknown subprotocol — closing only that connection.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails loudly on anything unexpected"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mqtt, TestServer};
+use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageId, Properties};
+use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PLAIN_HEADER: &[u8; 8] = b"AMQP\x00\x01\x00\x00";
+
+async fn tls(server: &TestServer) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    Mqtt::tls(server.running.amqp_addr, &server.ca_pem(), None).await
+}
+
+/// Read until the server closes; what it sent.
+async fn read_to_close(stream: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server did not close the connection");
+    out
+}
+
+/// A put-token request on `$cbs`; the status code of the answer.
+async fn put_token(
+    sender: &mut Sender,
+    receiver: &mut Receiver,
+    audience: &str,
+    token: &str,
+) -> Value {
+    let message = Message::builder()
+        .properties(Properties {
+            message_id: Some(MessageId::String("req-1".into())),
+            reply_to: Some("cbs".into()),
+            ..Properties::default()
+        })
+        .application_properties(
+            fe2o3_amqp::types::messaging::ApplicationProperties::builder()
+                .insert("operation", SimpleValue::String("put-token".into()))
+                .insert(
+                    "type",
+                    SimpleValue::String("servicebus.windows.net:sastoken".into()),
+                )
+                .insert("name", SimpleValue::String(audience.into()))
+                .build(),
+        )
+        .body(Body::<Value>::Value(AmqpValue(Value::String(token.into()))))
+        .build();
+    sender.send(message).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), receiver.recv::<Body<Value>>())
+        .await
+        .expect("a CBS answer")
+        .unwrap();
+    receiver.accept(&reply).await.unwrap();
+    let m = reply.message();
+    assert_eq!(
+        m.properties.as_ref().unwrap().correlation_id,
+        Some(MessageId::String("req-1".into())),
+        "the answer correlates with the request"
+    );
+    let status = m
+        .application_properties
+        .as_ref()
+        .unwrap()
+        .0
+        .iter()
+        .find(|(k, _)| k.as_str() == "status-code")
+        .map(|(_, v)| v.clone())
+        .expect("a status-code");
+    match status {
+        SimpleValue::Int(n) => Value::Int(n),
+        other => panic!("status-code must be an AMQP int, not {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cbs_tokens_authorize_devices_and_foreign_addresses_are_refused() {
+    let server = TestServer::start().await;
+    let hub = server.hub_rest();
+    let token = hub.sas_device("amqp-1").await;
+    hub.sas_device("amqp-2").await;
+    let stream = tls(&server).await;
+    let mut connection = Connection::builder()
+        .container_id("test")
+        .hostname("localhost")
+        .open_with_stream(stream)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
+        .await
+        .unwrap();
+    let mut cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
+        .await
+        .unwrap();
+
+    // A token whose signature is wrong: 401, and the connection stays usable.
+    let forged = format!("{}x", token.trim_end_matches('='));
+    let status = put_token(
+        &mut cbs_out,
+        &mut cbs_in,
+        "localhost/devices/amqp-1",
+        &forged,
+    )
+    .await;
+    assert_eq!(status, Value::Int(401));
+    let status = put_token(
+        &mut cbs_out,
+        &mut cbs_in,
+        "localhost/devices/amqp-1",
+        "garbage",
+    )
+    .await;
+    assert_eq!(status, Value::Int(401));
+    // Without a token, the device's links are refused.
+    let mut early = Sender::attach(&mut session, "early", "/devices/amqp-1/messages/events")
+        .await
+        .unwrap();
+    let refused = early
+        .send(Message::builder().data(b"x".to_vec()).build())
+        .await;
+    assert!(refused.is_err(), "telemetry without a token: {refused:?}");
+
+    let status = put_token(
+        &mut cbs_out,
+        &mut cbs_in,
+        "localhost/devices/amqp-1",
+        &token,
+    )
+    .await;
+    assert_eq!(status, Value::Int(200));
+    let mut events = Sender::attach(&mut session, "events", "/devices/amqp-1/messages/events")
+        .await
+        .unwrap();
+    let outcome = events
+        .send(
+            Message::builder()
+                .application_properties(
+                    fe2o3_amqp::types::messaging::ApplicationProperties::builder()
+                        .insert("temperatureAlert", SimpleValue::String("true".into()))
+                        .build(),
+                )
+                .data(b"{\"t\":21}".to_vec())
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.is_accepted(), "{outcome:?}");
+    let stored = hub.read_events("amqp-1", 1).await;
+    assert_eq!(stored[0]["properties"]["temperatureAlert"], "true");
+    assert_eq!(
+        stored[0]["systemProperties"]["iothub-connection-device-id"],
+        "amqp-1"
+    );
+
+    // The token for amqp-1 does not open amqp-2's mailbox.
+    let mut foreign = Receiver::attach(&mut session, "c2d", "/devices/amqp-2/messages/devicebound")
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), foreign.recv::<Body<Value>>())
+        .await
+        .expect("the link is closed at once")
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("UnauthorizedAccess"), "{err:?}");
+    // Unknown addresses: not found.
+    let mut nowhere = Receiver::attach(&mut session, "x", "/secrets")
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), nowhere.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("NotFound"), "{err:?}");
+    // And the connection still carries telemetry.
+    let outcome = events
+        .send(Message::builder().data(b"2".to_vec()).build())
+        .await
+        .unwrap();
+    assert!(outcome.is_accepted());
+    session.end().await.unwrap();
+    connection.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn garbage_closes_only_its_own_connection() {
+    let server = TestServer::start_with(|c| {
+        c.limits.connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Not an AMQP header: the server answers its own header and closes.
+    let mut s = tls(&server).await;
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert_eq!(answer, PLAIN_HEADER);
+
+    // A valid header, then garbage instead of an Open frame.
+    let mut s = tls(&server).await;
+    s.write_all(PLAIN_HEADER).await.unwrap();
+    s.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 1, 2, 3, 4])
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with(PLAIN_HEADER), "{answer:?}");
+
+    // A frame far above the negotiated 64 KiB.
+    let mut s = tls(&server).await;
+    s.write_all(PLAIN_HEADER).await.unwrap();
+    let mut huge = (16 * 1024 * 1024u32).to_be_bytes().to_vec();
+    huge.extend_from_slice(&[2, 0, 0, 0]);
+    huge.extend(std::iter::repeat_n(0u8, 64 * 1024));
+    let _ = s.write_all(&huge).await;
+    read_to_close(&mut s).await;
+
+    // A bad SASL exchange: PLAIN without the NUL separators.
+    let mut s = tls(&server).await;
+    s.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    let mut mechanisms = vec![0u8; 8];
+    s.read_exact(&mut mechanisms).await.unwrap();
+    assert_eq!(&mechanisms, b"AMQP\x03\x01\x00\x00");
+    // sasl-init (0x41): mechanism "PLAIN", initial-response "no-separators".
+    let init = [
+        &[0x00, 0x53, 0x41, 0xc0, 0x17, 0x02, 0xa3, 0x05][..],
+        b"PLAIN",
+        &[0xa0, 0x0d],
+        b"no-separators",
+    ]
+    .concat();
+    let mut frame = u32::try_from(8 + init.len())
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    frame.extend_from_slice(&[2, 1, 0, 0]);
+    frame.extend_from_slice(&init);
+    s.write_all(&frame).await.unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(!answer.is_empty(), "a SASL outcome before the close");
+
+    // A silent peer is dropped after the connect deadline.
+    let mut s = tls(&server).await;
+    let started = std::time::Instant::now();
+    read_to_close(&mut s).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The server still serves a good client.
+    let hub = server.hub_rest();
+    let token = hub.sas_device("after").await;
+    let mut connection = Connection::builder()
+        .container_id("good")
+        .hostname("localhost")
+        .open_with_stream(tls(&server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
+        .await
+        .unwrap();
+    let mut cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
+        .await
+        .unwrap();
+    let status = put_token(&mut cbs_out, &mut cbs_in, "localhost/devices/after", &token).await;
+    assert_eq!(status, Value::Int(200));
+    connection.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_upgrades_for_unknown_subprotocols_are_refused() {
+    let server = TestServer::start().await;
+    let hub = server.hub_rest();
+    let upgrade = |protocol: &'static str| {
+        hub.client
+            .get(format!("{}/$iothub/websocket", hub.base))
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-protocol", protocol)
+            .send()
+    };
+    let r = upgrade("stomp, wamp").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("mqtt or AMQPWSB10"));
+    // A plain GET on the tunnel path is not an upgrade.
+    let r = hub
+        .client
+        .get(format!("{}/$iothub/websocket", hub.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
