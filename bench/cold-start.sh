@@ -48,7 +48,7 @@ except FileNotFoundError:
 with open(log, "ab") as out:
     began = time.monotonic()
     server = subprocess.Popen(
-        [muster, "serve", "--data-dir", data, "--mqtt-port", "0", "--https-port", "0", "--portal-port", "0"],
+        [muster, "serve", "--data-dir", data, "--mqtt-port", "0", "--amqp-port", "0", "--https-port", "0", "--portal-port", "0"],
         stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     try:
         port = host = None

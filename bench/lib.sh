@@ -289,7 +289,7 @@ bench_start_server() {
     mkdir -p "$data"
     rm -f "$data/endpoint.json"
     MUSTER_LOG=${MUSTER_LOG:-warn} RUST_LOG=${RUST_LOG:-warn} \
-        "$MUSTER" serve --data-dir "$data" --mqtt-port 0 --https-port 0 --portal-port 0 >>"$log" 2>&1 &
+        "$MUSTER" serve --data-dir "$data" --mqtt-port 0 --amqp-port 0 --https-port 0 --portal-port 0 >>"$log" 2>&1 &
     SERVER_PID=$!
     bench_track_pid "$SERVER_PID"
     deadline=$((SECONDS + 60))

@@ -16,6 +16,7 @@ def main() -> int:
     p.add_argument("--key", required=True)
     p.add_argument("--trust", required=True)
     p.add_argument("--wait", type=float, default=20.0, help="seconds to wait for a desired patch")
+    p.add_argument("--websockets", action="store_true", help="MQTT over WebSockets on port 443")
     a = p.parse_args()
     out = {"ok": False}
     step = "import"
@@ -26,7 +27,11 @@ def main() -> int:
         with open(a.trust, encoding="utf-8") as f:
             trust = f.read()
         client = IoTHubDeviceClient.create_from_x509_certificate(
-            x509=X509(a.cert, a.key), hostname=a.host, device_id=a.device_id, server_verification_cert=trust
+            x509=X509(a.cert, a.key),
+            hostname=a.host,
+            device_id=a.device_id,
+            server_verification_cert=trust,
+            websockets=a.websockets,
         )
         got_patch = threading.Event()
         patches = []

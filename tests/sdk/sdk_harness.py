@@ -102,12 +102,14 @@ def common_parser(description):
     p.add_argument("--timeout", type=float, default=60.0,
                    help="overall deadline in seconds (default 60)")
     p.add_argument("--verbose", action="store_true", help="SDK debug logging to stderr")
+    p.add_argument("--websockets", action="store_true",
+                   help="MQTT over WebSockets (wss://HOST:443/$iothub/websocket)")
     return p
 
 
 def client_kwargs(args):
     """kwargs shared by both create_from_* factories."""
-    kwargs = {}
+    kwargs = {"websockets": True} if getattr(args, "websockets", False) else {}
     if args.trust:
         with open(args.trust, "r", encoding="utf-8") as f:
             kwargs["server_verification_cert"] = f.read()

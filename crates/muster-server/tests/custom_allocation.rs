@@ -60,6 +60,7 @@ async fn a_webhook_chooses_the_hub_twin_and_payload() {
     let config = Config {
         data_dir: dir.path().join("data"),
         mqtt_port: 0,
+        amqp_port: 0,
         https_port: 0,
         portal_port: 0,
         hostnames: vec!["localhost".into(), "hub2.local".into()],

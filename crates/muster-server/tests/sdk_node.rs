@@ -46,6 +46,7 @@ async fn server_on(last_octet: u8) -> TestServer {
         data_dir: dir.path().join("data"),
         bind,
         mqtt_port: 8883,
+        amqp_port: 0,
         https_port: 443,
         portal_port: 0,
         hostnames: vec!["localhost".into()],

@@ -975,3 +975,171 @@ async fn python_device_sdk_receives_c2d_and_methods_across_a_reconnect_with_sas(
     .to_vec();
     device_flows_with_a_reconnect(&py, &rest, "py-flows-sas", auth, "sas").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the official Python SDKs (MUSTER_SDK_PYTHON) and ports 443 and 5671; run with: bash tests/sdk/run.sh"]
+async fn python_sdks_use_amqp_and_websockets() {
+    let py = python();
+    let server = TestServer::start_with(|c| {
+        c.bind = IpAddr::from([127, 0, 0, 16]);
+        c.mqtt_port = 8883;
+        c.amqp_port = 5671;
+        c.https_port = 443;
+    })
+    .await;
+    let host = "127.0.0.16";
+    let hub_cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .replace("HostName=localhost", &format!("HostName={host}"));
+    let rest = common::Rest::new(&hub_cs, &server.ca_pem(), server.running.https_addr);
+    let token = rest.sas_device("c2d-target").await;
+    let trust = server.ca_path().display().to_string();
+
+    // The service SDK's C2D send, over AMQP on 5671 and over AMQP/WebSockets on 443.
+    for (websockets, id) in [(false, "py-amqp"), (true, "py-amqp-ws")] {
+        let (py, cs, trust) = (py.clone(), hub_cs.clone(), trust.clone());
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "--connection-string",
+                &cs,
+                "--trust",
+                &trust,
+                "--device-id",
+                "c2d-target",
+                "--message-id",
+                id,
+                "--data",
+                "from python",
+            ];
+            if websockets {
+                args.push("--websockets");
+            }
+            run(&py, "hub_service_c2d.py", &args)
+        })
+        .await
+        .unwrap();
+        assert_eq!(sent["ok"], true, "websockets={websockets}: {sent}");
+    }
+    // Both are queued, with their ids and properties: read them over the HTTPS device API.
+    for expected in ["py-amqp", "py-amqp-ws"] {
+        let r = rest
+            .client
+            .get(format!(
+                "{}/devices/c2d-target/messages/devicebound",
+                rest.base
+            ))
+            .header("authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["iothub-messageid"], expected);
+        assert_eq!(r.headers()["iothub-app-priority"], "high");
+        let lock = r.headers()["etag"]
+            .to_str()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        assert_eq!(r.text().await.unwrap(), "from python");
+        let done = rest
+            .client
+            .delete(format!(
+                "{}/devices/c2d-target/messages/devicebound/{lock}",
+                rest.base
+            ))
+            .header("authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 204);
+    }
+
+    // The device SDK with websockets=True: DPS, then the hub, through wss://…:443.
+    let pki = Pki::new();
+    x509_group(&server, &pki.root.cert.pem, &pki.root.cert.key_pem).await;
+    let dir = server.dir.path().to_path_buf();
+    let cert = write(
+        &dir,
+        "device-1.pem",
+        &format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem),
+    );
+    let key = write(&dir, "device-1.key.pem", &pki.leaf.key_pem);
+    let scope = server.id_scope();
+    let (py2, cert2, key2, trust2) = (py.clone(), cert.clone(), key.clone(), trust.clone());
+    let provisioned = tokio::task::spawn_blocking(move || {
+        run(
+            &py2,
+            "provision_x509.py",
+            &[
+                "--host",
+                host,
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "device-1",
+                "--cert",
+                &cert2,
+                "--key",
+                &key2,
+                "--trust",
+                &trust2,
+                "--websockets",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(provisioned["ok"], true, "{provisioned}");
+    let device = tokio::task::spawn_blocking(move || {
+        run(
+            &py,
+            "hub_device.py",
+            &[
+                "--host",
+                host,
+                "--device-id",
+                "device-1",
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--trust",
+                &trust,
+                "--wait",
+                "30",
+                "--websockets",
+            ],
+        )
+    });
+    let mut reported = false;
+    for _ in 0..100 {
+        let twin = rest.ok(Method::GET, "/twins/device-1", None, &[]).await;
+        if twin["properties"]["reported"]["telemetryDelay"] == 1 {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        reported,
+        "the device never reported telemetryDelay over WebSockets"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    rest.ok(
+        Method::PATCH,
+        "/twins/device-1",
+        Some(json!({"properties": {"desired": {"telemetryDelay": "2"}}})),
+        &[],
+    )
+    .await;
+    let result = device.await.unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    let last = result["patches"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["telemetryDelay"], "2", "{result}");
+}

@@ -39,7 +39,7 @@ pub(crate) enum Output {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub(crate) enum Command {
-    /// Run the provisioning service and hub (MQTT on 8883, HTTPS on 8443 by default).
+    /// Run the provisioning service and hub (MQTT on 8883, AMQP on 5671, HTTPS on 8443 by default).
     Serve(ServeArgs),
     /// Print how to reach this server: ID scope, ports, trust bundle, connection strings.
     Info {

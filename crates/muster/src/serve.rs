@@ -212,6 +212,11 @@ pub(crate) fn info(data_dir: &Path, json: bool) -> Result<()> {
             field(&info, "mqttPort")
         );
         out!(
+            "AMQP (SDKs)         {}:{}",
+            field(&info, "bind").as_str().unwrap_or_default(),
+            field(&info, "amqpPort")
+        );
+        out!(
             "HTTPS (REST)        {}:{}",
             field(&info, "bind").as_str().unwrap_or_default(),
             field(&info, "httpsPort")

@@ -40,6 +40,8 @@ fn start(dir: &Path) -> Child {
             "0",
             "--portal-port",
             "0",
+            "--amqp-port",
+            "0",
         ])
         .env("MUSTER_HOSTNAMES", "localhost,hub2.local")
         .stderr(Stdio::null())
@@ -334,6 +336,8 @@ fn one_server_per_data_dir_and_nothing_touched_before_the_ports_are_bound() {
             "0",
             "--portal-port",
             "0",
+            "--amqp-port",
+            "0",
         ])
         .output()
         .unwrap();
@@ -371,6 +375,8 @@ fn one_server_per_data_dir_and_nothing_touched_before_the_ports_are_bound() {
             "0",
             "--portal-port",
             "0",
+            "--amqp-port",
+            "0",
         ])
         .output()
         .unwrap();
@@ -397,7 +403,7 @@ fn start_limited(dir: &Path, limits: &str) -> Child {
     let child = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "{limits}; exec {} serve --data-dir {} --mqtt-port 0 --https-port 0 --portal-port 0",
+            "{limits}; exec {} serve --data-dir {} --mqtt-port 0 --amqp-port 0 --https-port 0 --portal-port 0",
             env!("CARGO_BIN_EXE_muster"),
             dir.join("data").display()
         ))

@@ -39,6 +39,8 @@ impl Server {
                 "0",
                 "--portal-port",
                 "0",
+                "--amqp-port",
+                "0",
             ])
             .stderr(Stdio::null())
             .spawn()
