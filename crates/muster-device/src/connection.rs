@@ -30,7 +30,7 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     /// TCP connect (every address the name resolves to, in turn) and TLS handshake.
-    async fn open_tls(&self) -> Result<TlsStream<TcpStream>, Error> {
+    pub(crate) async fn open_tls(&self) -> Result<TlsStream<TcpStream>, Error> {
         let server_name = ServerName::try_from(self.host.clone()).map_err(|e| {
             Error::InvalidOptions(format!("'{}' is not a valid host name: {e}", self.host))
         })?;

@@ -50,6 +50,8 @@ pub enum Transport {
     Mqtt,
     /// HTTPS (default port 443).
     Https,
+    /// AMQP 1.0 over TLS (default port 5671).
+    Amqp,
 }
 
 /// How the device proves who it is.
@@ -156,6 +158,7 @@ impl ProvisioningOptions {
         self.port.unwrap_or(match self.transport {
             Transport::Mqtt => DEFAULT_MQTT_PORT,
             Transport::Https => DEFAULT_HTTPS_PORT,
+            Transport::Amqp => crate::amqp::DEFAULT_PORT,
         })
     }
 }
@@ -225,7 +228,7 @@ impl ProvisioningClient {
             DpsCredentials::SymmetricKey { .. } => None,
         };
         let alpn: &[&[u8]] = match options.transport {
-            Transport::Mqtt => &[],
+            Transport::Mqtt | Transport::Amqp => &[],
             Transport::Https => &[b"http/1.1"],
         };
         let tls = client_config(&options.trust, identity, alpn)?;
@@ -254,6 +257,7 @@ impl ProvisioningClient {
             match self.options.transport {
                 Transport::Mqtt => self.register_mqtt().await,
                 Transport::Https => self.register_https().await,
+                Transport::Amqp => self.register_amqp().await,
             }
         };
         let registration =
@@ -359,6 +363,48 @@ impl ProvisioningClient {
         }
         .await;
         session.conn.disconnect().await;
+        outcome
+    }
+
+    async fn register_amqp(&self) -> Result<Registration, Error> {
+        let endpoint = Endpoint {
+            host: self.options.host.clone(),
+            port: self.options.port(),
+            tls: Arc::clone(&self.tls),
+            local_address: self.options.local_address,
+        };
+        let mut links = crate::amqp::DpsLinks::open(
+            &endpoint,
+            &self.options.id_scope,
+            &self.registration_id,
+            self.token()?,
+        )
+        .await?;
+        let register_body = self.request_body();
+        let outcome = async {
+            let mut operation: Option<String> = None;
+            loop {
+                let answer = match &operation {
+                    None => links.request(register_body.clone(), None).await?,
+                    Some(op) => links.request(b" ".to_vec(), Some(op)).await?,
+                };
+                let answer = Answer {
+                    status: answer.status,
+                    retry_after: answer.retry_after,
+                    body: answer.body,
+                };
+                match interpret(&answer)? {
+                    Step::Done(registration) => return Ok(*registration),
+                    Step::Poll { operation_id, wait } => {
+                        operation = Some(operation_id);
+                        tokio::time::sleep(wait).await;
+                    }
+                    Step::Retry { wait } => tokio::time::sleep(wait).await,
+                }
+            }
+        }
+        .await;
+        links.close().await;
         outcome
     }
 

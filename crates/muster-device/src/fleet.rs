@@ -70,8 +70,10 @@ pub struct ProvisioningTarget {
 pub struct HubTarget {
     /// Host name; `None`: the one provisioning assigned.
     pub host: Option<String>,
-    /// MQTT port.
+    /// Port (8883 for MQTT, 5671 for AMQP).
     pub port: u16,
+    /// MQTT or AMQP.
+    pub transport: crate::hub::HubTransport,
 }
 
 /// The service API used for the fan-out phase.
@@ -527,6 +529,7 @@ async fn connect(
             let _permit = limit.acquire_owned().await;
             let mut hub = HubOptions::new(device.hub, device.device_id.clone(), device.credentials);
             hub.port = options.hub.port;
+            hub.transport = options.hub.transport;
             hub.trust = options.trust.clone();
             hub.local_address = source(&options, device.index);
             hub.max_in_flight = options.in_flight.clamp(1, 65_000);

@@ -186,6 +186,19 @@ pub struct HubOptions {
     pub event_capacity: usize,
     /// Local address to connect from (`None`: chosen by the system).
     pub local_address: Option<std::net::IpAddr>,
+    /// MQTT (default) or AMQP; set [`HubOptions::port`] to match (8883, 5671).
+    pub transport: HubTransport,
+}
+
+/// How a device reaches its hub.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubTransport {
+    /// MQTT 3.1.1 over TLS (default port 8883).
+    #[default]
+    Mqtt,
+    /// AMQP 1.0 over TLS (default port 5671).
+    Amqp,
 }
 
 impl HubOptions {
@@ -211,6 +224,7 @@ impl HubOptions {
             max_in_flight: 64,
             event_capacity: 256,
             local_address: None,
+            transport: HubTransport::Mqtt,
         }
     }
 
@@ -367,7 +381,7 @@ impl Message {
     }
 
     /// Read a message from a property bag and a body.
-    fn from_bag(bag: &str, body: Vec<u8>) -> Self {
+    pub(crate) fn from_bag(bag: &str, body: Vec<u8>) -> Self {
         let mut m = Self::new(body);
         for (k, v) in topic::parse_property_bag(bag.trim_end_matches('/')) {
             match k.as_str() {
@@ -432,14 +446,14 @@ pub type HubEvents = mpsc::Receiver<HubEvent>;
 
 /// A twin response: status, the topic's property bag, body.
 #[derive(Debug)]
-struct TwinAnswer {
-    status: u16,
-    bag: Vec<(String, String)>,
-    body: Bytes,
+pub(crate) struct TwinAnswer {
+    pub(crate) status: u16,
+    pub(crate) bag: Vec<(String, String)>,
+    pub(crate) body: Bytes,
 }
 
 #[derive(Debug)]
-enum Command {
+pub(crate) enum Command {
     /// A QoS 0 request answered on `$iothub/twin/res/…?$rid={rid}`.
     Request {
         rid: String,
@@ -500,6 +514,9 @@ impl HubClient {
             local_address: options.local_address,
         };
         let options = Arc::new(options);
+        if options.transport == HubTransport::Amqp {
+            return Self::connect_amqp(options, endpoint).await;
+        }
         let first = attempt(&endpoint, &options).await?;
         info!(
             device_id = options.device_id,
@@ -523,6 +540,40 @@ impl HubClient {
             next_packet_id: 0,
             next_seq: 0,
         };
+        tokio::spawn(task.run(first).instrument(span));
+        let client = Self {
+            shared: Arc::new(Shared {
+                commands: commands_tx,
+                close,
+                device_id: options.device_id.clone(),
+                request_timeout: options.request_timeout,
+                next_rid: AtomicU64::new(1),
+            }),
+        };
+        Ok((client, events_rx))
+    }
+
+    async fn connect_amqp(
+        options: Arc<HubOptions>,
+        endpoint: Endpoint,
+    ) -> Result<(Self, HubEvents), Error> {
+        let first = crate::amqp::HubLinks::open(&endpoint, &options).await?;
+        info!(
+            device_id = options.device_id,
+            hub = options.host,
+            "connected to the hub over AMQP"
+        );
+        let (commands_tx, commands_rx) = mpsc::channel(options.max_in_flight.max(16));
+        let (events_tx, events_rx) = mpsc::channel(options.event_capacity);
+        let span = info_span!("hub", device_id = options.device_id);
+        let close = Arc::new(Notify::new());
+        let task = crate::amqp::Task::new(
+            Arc::clone(&options),
+            endpoint,
+            commands_rx,
+            events_tx,
+            Arc::clone(&close),
+        );
         tokio::spawn(task.run(first).instrument(span));
         let client = Self {
             shared: Arc::new(Shared {
@@ -741,7 +792,7 @@ fn hub_refusal(operation: &'static str, answer: &TwinAnswer) -> Error {
 }
 
 /// When to renew a token of lifetime `ttl`: a fifth of it (between 2 s and 2 min) early.
-fn renewal_delay(ttl: Duration) -> Duration {
+pub(crate) fn renewal_delay(ttl: Duration) -> Duration {
     let margin = (ttl / 5).clamp(Duration::from_secs(2), Duration::from_secs(120));
     ttl.saturating_sub(margin)
 }
@@ -755,7 +806,7 @@ struct Link {
 }
 
 /// A twin GET answer's body.
-fn parse_twin(body: &[u8]) -> Result<Twin, Error> {
+pub(crate) fn parse_twin(body: &[u8]) -> Result<Twin, Error> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|e| Error::Protocol(format!("the twin is not JSON: {e}")))?;
     let section = |name: &str| body.get(name).cloned().unwrap_or_else(|| json!({}));

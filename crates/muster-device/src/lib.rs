@@ -20,6 +20,8 @@
 //! - [`handshake`]: the mutual-TLS handshake rate on loopback, the bound for storms.
 //! - [`error`]: the one [`Error`] type.
 //! - `connection` (private): one MQTT-over-TLS connection on top of `muster-mqtt`'s codec.
+//! - `amqp` (private): DPS and the hub over AMQP 1.0 (fe2o3-amqp's client), behind the same
+//!   [`ProvisioningClient`] and [`HubClient`].
 //!
 //! # Example
 //! ```no_run
@@ -54,6 +56,7 @@
 //! # }
 //! ```
 
+mod amqp;
 mod connection;
 pub mod dps;
 pub mod error;
@@ -66,7 +69,8 @@ pub mod simulate;
 pub use dps::{DpsCredentials, ProvisioningClient, ProvisioningOptions, Registration, Transport};
 pub use error::Error;
 pub use hub::{
-    HubClient, HubCredentials, HubEvent, HubEvents, HubOptions, Message, ReconnectPolicy, Twin,
+    HubClient, HubCredentials, HubEvent, HubEvents, HubOptions, HubTransport, Message,
+    ReconnectPolicy, Twin,
 };
 pub use identity::{Identity, TrustRoots};
 pub use muster_auth::Secret;

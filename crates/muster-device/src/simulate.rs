@@ -36,8 +36,10 @@ pub struct SimulatorOptions {
     pub provisioning: ProvisioningOptions,
     /// How to authenticate to the assigned hub (the same certificate, or the device key).
     pub hub_credentials: HubCredentials,
-    /// The hub's MQTT port (muster serves DPS and the hub on the same one).
+    /// The hub's port (muster serves DPS and the hub on the same one per protocol).
     pub hub_port: u16,
+    /// MQTT or AMQP to the hub.
+    pub hub_transport: crate::hub::HubTransport,
     /// Seed for the sensor readings (`None`: from the clock).
     pub seed: Option<u64>,
 }
@@ -52,7 +54,7 @@ pub enum SimEvent {
     Registering {
         /// The registration id.
         registration_id: String,
-        /// `mqtt` or `https`.
+        /// `mqtt`, `amqp` or `https`.
         transport: String,
         /// `host:port` of the provisioning service.
         endpoint: String,
@@ -451,6 +453,7 @@ async fn provision_and_connect(
         transport: match dps.transport {
             crate::dps::Transport::Mqtt => "mqtt".to_owned(),
             crate::dps::Transport::Https => "https".to_owned(),
+            crate::dps::Transport::Amqp => "amqp".to_owned(),
         },
         endpoint: format!("{}:{}", dps.host, dps.port()),
     });
@@ -463,6 +466,7 @@ async fn provision_and_connect(
     });
     let mut hub = HubOptions::for_registration(&registration, options.hub_credentials.clone());
     hub.port = options.hub_port;
+    hub.transport = options.hub_transport;
     hub.trust = dps.trust.clone();
     let (client, events) = HubClient::connect(hub).await?;
     on_event(SimEvent::Connected {

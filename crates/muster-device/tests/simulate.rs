@@ -50,6 +50,7 @@ async fn the_lab_device_follows_its_twin_and_catches_up_after_a_reconnect() {
         provisioning: server.provisioning(DpsCredentials::X509(id.clone()), Transport::Mqtt),
         hub_credentials: HubCredentials::X509(id.clone()),
         hub_port: server.mqtt_port(),
+        hub_transport: muster_device::HubTransport::Mqtt,
         seed: Some(7),
     };
     let (tx, mut events) = mpsc::unbounded_channel();
@@ -162,4 +163,95 @@ async fn the_lab_device_follows_its_twin_and_catches_up_after_a_reconnect() {
         .unwrap()
         .unwrap();
     assert_eq!(registration.device_id, "device-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_device_runs_over_amqp_and_is_refused_once_deleted() {
+    let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
+    let pki = Pki::new();
+    server.x509_group(&pki).await;
+    let id = identity(&pki.leaf, &pki);
+    let mut options = SimulatorOptions {
+        provisioning: server.provisioning(DpsCredentials::X509(id.clone()), Transport::Amqp),
+        hub_credentials: HubCredentials::X509(id.clone()),
+        hub_port: server.amqp_port(),
+        hub_transport: muster_device::HubTransport::Amqp,
+        seed: Some(7),
+    };
+    options.provisioning.timeout = Duration::from_secs(20);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let device = tokio::spawn(muster_device::simulate::run(
+        options,
+        move |e| {
+            let _ = tx.send(e);
+        },
+        std::future::pending(),
+    ));
+    let registering = expect(&mut events, |e| matches!(e, SimEvent::Registering { .. })).await;
+    assert!(
+        matches!(registering, SimEvent::Registering { ref transport, .. } if transport == "amqp")
+    );
+    let loaded = expect(&mut events, |e| matches!(e, SimEvent::TwinLoaded { .. })).await;
+    assert!(
+        matches!(loaded, SimEvent::TwinLoaded { telemetry_delay, .. } if (telemetry_delay - 1.0).abs() < 1e-9),
+        "{loaded:?}"
+    );
+    expect(&mut events, |e| matches!(e, SimEvent::TelemetrySent { .. })).await;
+    let rest = server.hub_rest();
+    rest.ok(
+        Method::PATCH,
+        "/twins/device-1",
+        Some(json!({"properties": {"desired": {"telemetryDelay": 2}}})),
+        &[],
+    )
+    .await;
+    let changed = expect(&mut events, |e| matches!(e, SimEvent::DelayChanged { .. })).await;
+    assert!(
+        matches!(changed, SimEvent::DelayChanged { telemetry_delay, .. } if (telemetry_delay - 2.0).abs() < 1e-9),
+        "{changed:?}"
+    );
+    let reported = expect(&mut events, |e| matches!(e, SimEvent::Reported { .. })).await;
+    assert!(
+        matches!(reported, SimEvent::Reported { ref patch, .. } if *patch == json!({"telemetryDelay": 2}))
+    );
+    let twin = rest.ok(Method::GET, "/twins/device-1", None, &[]).await;
+    assert_eq!(twin["properties"]["reported"]["telemetryDelay"], 2);
+    // A cloud-to-device message and a method call reach it.
+    assert_eq!(rest.send_c2d("device-1", b"over amqp", &[]).await, 204);
+    let got = expect(&mut events, |e| {
+        matches!(e, SimEvent::MessageReceived { .. })
+    })
+    .await;
+    assert!(matches!(got, SimEvent::MessageReceived { ref body, .. } if body == "over amqp"));
+    let (status, _, answer) = rest
+        .send(
+            Method::POST,
+            "/twins/device-1/methods",
+            Some(json!({"methodName": "reboot", "payload": {}, "responseTimeoutInSeconds": 10})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["status"], 501,
+        "the lab device has no methods: {answer}"
+    );
+    // Its telemetry is in the event stream.
+    let stored = rest.read_events("device-1", 1).await;
+    assert!(
+        stored[0]["properties"]["temperatureAlert"].is_string(),
+        "{stored:?}"
+    );
+
+    // Deleted: the hub closes its links and the simulator stops, refused.
+    rest.send(Method::DELETE, "/devices/device-1", None, &[])
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(20), device)
+        .await
+        .expect("the simulator stops once refused")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(muster_device::Error::Refused { .. })),
+        "{ended:?}"
+    );
 }

@@ -161,7 +161,7 @@ pub(crate) struct FleetArgs {
     /// The ID scope.
     #[arg(long, required_unless_present = "no_provision")]
     pub(crate) id_scope: Option<String>,
-    /// DPS transport.
+    /// DPS transport; with `amqp` the hub is reached over AMQP too, otherwise over MQTT.
     #[arg(long, value_enum, default_value_t = TransportArg::Mqtt)]
     pub(crate) transport: TransportArg,
     /// Connect straight to `--hub-host` (a hub or any MQTT broker) without provisioning.
@@ -170,7 +170,7 @@ pub(crate) struct FleetArgs {
     /// The hub's host (default: the one provisioning assigns).
     #[arg(long)]
     pub(crate) hub_host: Option<String>,
-    /// The hub's MQTT port (default: the provisioning port with MQTT, else 8883).
+    /// The hub's port (default: the provisioning port with MQTT or AMQP, else 8883).
     #[arg(long)]
     pub(crate) hub_port: Option<u16>,
     /// CA certificate the servers' certificates chain to (muster: DATA_DIR/tls/ca.pem).
@@ -231,6 +231,8 @@ pub(crate) enum TransportArg {
     /// HTTPS (port 443 unless `--provisioning-host HOST:PORT` says otherwise; muster serves it
     /// on 8443 by default).
     Https,
+    /// AMQP 1.0 over TLS (port 5671), for provisioning and the hub.
+    Amqp,
 }
 
 #[derive(Debug, Args)]
@@ -265,10 +267,11 @@ pub(crate) struct SimulateArgs {
     /// Without it the public web roots are used.
     #[arg(long)]
     pub(crate) trust: Option<PathBuf>,
-    /// How to reach the provisioning service (the hub is always MQTT).
+    /// How to reach the provisioning service; with `amqp` the hub is reached over AMQP too,
+    /// otherwise over MQTT.
     #[arg(long, value_enum, default_value_t = TransportArg::Mqtt)]
     pub(crate) transport: TransportArg,
-    /// The hub's MQTT port (default: the provisioning port with MQTT, else 8883).
+    /// The hub's port (default: the provisioning port with MQTT or AMQP, else 8883).
     #[arg(long)]
     pub(crate) hub_port: Option<u16>,
     /// Stop after this many seconds (default: run until Ctrl-C).

@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use muster_device::dps::{DpsCredentials, ProvisioningOptions, Transport};
-use muster_device::hub::HubCredentials;
+use muster_device::hub::{HubCredentials, HubTransport};
 use muster_device::simulate::{SimEvent, SimulatorOptions};
 use muster_device::{Identity, Secret, TrustRoots};
 use serde_json::{Value, json};
 
 use crate::cli::{BenchCommand, DeviceCommand, FleetArgs, Output, SimulateArgs, TransportArg};
+
+/// The AMQP port devices dial by default.
+const AMQP_PORT: u16 = 5671;
 
 pub(crate) fn run(command: DeviceCommand, output: Output) -> Result<()> {
     match command {
@@ -104,6 +107,12 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
     let transport = match args.transport {
         TransportArg::Mqtt => Transport::Mqtt,
         TransportArg::Https => Transport::Https,
+        TransportArg::Amqp => Transport::Amqp,
+    };
+    let hub_transport = if transport == Transport::Amqp {
+        HubTransport::Amqp
+    } else {
+        HubTransport::Mqtt
     };
     let provisioning = match (&args.no_provision, &args.provisioning_host, &args.id_scope) {
         (true, _, _) => None,
@@ -120,6 +129,8 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
     };
     let hub_port = args.hub_port.unwrap_or(match (&provisioning, transport) {
         (Some(p), Transport::Mqtt) => p.port.unwrap_or(muster_device::hub::DEFAULT_PORT),
+        (Some(p), Transport::Amqp) => p.port.unwrap_or(AMQP_PORT),
+        (None, Transport::Amqp) => AMQP_PORT,
         _ => muster_device::hub::DEFAULT_PORT,
     });
     let fanout = if args.fanout {
@@ -157,6 +168,7 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
         hub: HubTarget {
             host: args.hub_host.clone(),
             port: hub_port,
+            transport: hub_transport,
         },
         duration: args.duration,
         telemetry_interval: args.telemetry_interval,
@@ -406,15 +418,22 @@ fn simulate(args: &SimulateArgs, output: Output) -> Result<()> {
     provisioning.transport = match args.transport {
         TransportArg::Mqtt => Transport::Mqtt,
         TransportArg::Https => Transport::Https,
+        TransportArg::Amqp => Transport::Amqp,
     };
     let hub_port = args.hub_port.unwrap_or(match provisioning.transport {
-        Transport::Mqtt => provisioning.port(),
+        Transport::Mqtt | Transport::Amqp => provisioning.port(),
         _ => muster_device::hub::DEFAULT_PORT,
     });
+    let hub_transport = if provisioning.transport == Transport::Amqp {
+        HubTransport::Amqp
+    } else {
+        HubTransport::Mqtt
+    };
     let options = SimulatorOptions {
         provisioning,
         hub_credentials,
         hub_port,
+        hub_transport,
         seed: None,
     };
     let duration = args.duration;

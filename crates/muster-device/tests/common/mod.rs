@@ -63,6 +63,7 @@ impl DeviceFixture for TestServer {
         options.port = Some(match transport {
             Transport::Mqtt => self.mqtt_port(),
             Transport::Https => self.https_port(),
+            Transport::Amqp => self.amqp_port(),
         });
         options.trust = self.trust();
         options.timeout = Duration::from_secs(20);
