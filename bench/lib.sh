@@ -303,7 +303,16 @@ bench_start_server() {
     done
     # shellcheck disable=SC2034 # HTTPS_PORT: for the scripts
     IFS=$'\t' read -r MQTT_PORT HTTPS_PORT <<<"$ports"
+    # shellcheck disable=SC2034 # AMQP_PORT: for the scripts
+    AMQP_PORT=$(bench_get "$data/endpoint.json" amqpPort 2>/dev/null || echo 0)
     bench_wait_tcp 127.0.0.1 "$MQTT_PORT" 30
+}
+
+# bench_cpu_seconds PID: user + system CPU seconds the process has used so far.
+bench_cpu_seconds() {
+    local ticks
+    ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    bench_calc "$ticks / $(getconf CLK_TCK)"
 }
 
 bench_stop_server() {

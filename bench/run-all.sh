@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCHES=${BENCHES:-provision-storm telemetry fanout idle-memory cold-start}
+BENCHES=${BENCHES:-provision-storm telemetry amqp fanout idle-memory cold-start}
 STORM_DEVICES=${STORM_DEVICES:-10000}
 CONCURRENCY=${CONCURRENCY:-256}
 TELEMETRY_DEVICES=${TELEMETRY_DEVICES:-1000}
@@ -40,8 +40,9 @@ bench_vars() {
     telemetry) vars=("DEVICES=$TELEMETRY_DEVICES" "DURATION=$TELEMETRY_DURATION" "IN_FLIGHT=$IN_FLIGHT" "CONCURRENCY=$CONCURRENCY") ;;
     fanout) vars=("DEVICES=$FANOUT_DEVICES" "CONCURRENCY=$CONCURRENCY") ;;
     idle-memory) vars=("COUNTS=$IDLE_COUNTS" "CONCURRENCY=$CONCURRENCY") ;;
+    amqp) vars=("DEVICES=$TELEMETRY_DEVICES" "DURATION=$TELEMETRY_DURATION" "IN_FLIGHT=$IN_FLIGHT" "CONCURRENCY=$CONCURRENCY") ;;
     cold-start) vars=("COLD_DEVICES=$COLD_DEVICES") ;;
-    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry fanout idle-memory cold-start)" ;;
+    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry amqp fanout idle-memory cold-start)" ;;
     esac
 }
 

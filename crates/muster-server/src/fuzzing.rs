@@ -1,9 +1,12 @@
-//! A harness for fuzzing the MQTT session (feature `fuzzing`; used by `fuzz/`).
+//! A harness for fuzzing the MQTT session and the AMQP connection (feature `fuzzing`; used by
+//! `fuzz/`).
 //!
 //! [`Harness::run`] feeds arbitrary bytes to one DPS or hub session over an in-memory stream,
 //! optionally after a valid CONNECT for a SAS device (so the bytes reach the session loop
-//! rather than the CONNECT check), and drains whatever the server writes. Any panic, hang or
-//! unbounded growth is a finding; errors and closed connections are the expected outcome.
+//! rather than the CONNECT check), and drains whatever the server writes.
+//! [`Harness::run_amqp`] does the same for one AMQP connection, optionally after a valid
+//! protocol header (plain or SASL). Any panic, hang or unbounded growth is a finding; errors
+//! and closed connections are the expected outcome.
 
 #![allow(
     clippy::expect_used,
@@ -59,6 +62,7 @@ impl Harness {
         let mut config = Config {
             data_dir: dir,
             mqtt_port: 0,
+            amqp_port: 0,
             https_port: 0,
             portal_port: 0,
             ..Config::default()
@@ -113,26 +117,38 @@ impl Harness {
         }
     }
 
-    /// One session: the first byte picks the preamble (bit 0: hub CONNECT, bit 1: DPS
-    /// CONNECT, neither: raw bytes), the rest is sent as is.
-    pub fn run(&self, data: &[u8]) {
+    /// One AMQP connection: the first byte picks the preamble (0: raw bytes, 1: the plain AMQP
+    /// header, 2 and 3: the SASL header), the rest is sent as is.
+    pub fn run_amqp(&self, data: &[u8]) {
         let Some((&mode, rest)) = data.split_first() else {
             return;
         };
         let mut input = match mode & 3 {
-            1 | 3 => self.hub_connect.clone(),
-            2 => self.dps_connect.clone(),
+            1 => b"AMQP\x00\x01\x00\x00".to_vec(),
+            2 | 3 => b"AMQP\x03\x01\x00\x00".to_vec(),
             _ => Vec::new(),
         };
         input.extend_from_slice(rest);
         let ctx = Arc::clone(&self.ctx);
+        self.drive(input, move |server, stop| async move {
+            let tracker = tokio_util::task::TaskTracker::new();
+            crate::amqp::connection(server, Ok(Vec::new()), None, ctx, stop, tracker.clone()).await;
+            tracker.close();
+            tracker.wait().await;
+        });
+    }
+
+    /// Write `input` to a server task on an in-memory stream, drain its answers, and check that
+    /// it ends once the input does.
+    fn drive<F, Fut>(&self, input: Vec<u8>, serve: F)
+    where
+        F: FnOnce(tokio::io::DuplexStream, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         self.runtime.block_on(async move {
             let (mut client, server) = tokio::io::duplex(64 * 1024);
             let shutdown = CancellationToken::new();
-            let stop = shutdown.clone();
-            let session = tokio::spawn(async move {
-                crate::mqtt::session(server, Ok(Vec::new()), &ctx, &stop).await;
-            });
+            let session = tokio::spawn(serve(server, shutdown.clone()));
             let (mut reader, mut writer) = tokio::io::split(&mut client);
             let write = async {
                 let _ = writer.write_all(&input).await;
@@ -154,6 +170,24 @@ impl Harness {
                 finished.is_ok() && ended.is_ok(),
                 "the session did not end after its input did"
             );
+        });
+    }
+
+    /// One session: the first byte picks the preamble (bit 0: hub CONNECT, bit 1: DPS
+    /// CONNECT, neither: raw bytes), the rest is sent as is.
+    pub fn run(&self, data: &[u8]) {
+        let Some((&mode, rest)) = data.split_first() else {
+            return;
+        };
+        let mut input = match mode & 3 {
+            1 | 3 => self.hub_connect.clone(),
+            2 => self.dps_connect.clone(),
+            _ => Vec::new(),
+        };
+        input.extend_from_slice(rest);
+        let ctx = Arc::clone(&self.ctx);
+        self.drive(input, move |server, stop| async move {
+            crate::mqtt::session(server, Ok(Vec::new()), &ctx, &stop).await;
         });
     }
 }

@@ -303,3 +303,214 @@ async fn websocket_upgrades_for_unknown_subprotocols_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn a_service_login_sends_c2d_and_reads_feedback_and_modules_send_telemetry() {
+    let server = TestServer::start().await;
+    let hub = server.hub_rest();
+    let device_token = hub.sas_device("fb-dev").await;
+    // The Azure CLI's login: SASL PLAIN as {policy}@sas.root.{hub}, a service token as password.
+    let cs = server.running.info["hubConnectionString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = cs.split("SharedAccessKey=").nth(1).unwrap().to_owned();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let service_token = muster_auth::sas::make_token(
+        "localhost",
+        &muster_auth::Secret::new(key),
+        Some("iothubowner"),
+        exp,
+    )
+    .unwrap();
+    let mut service = Connection::builder()
+        .container_id("cli")
+        .hostname("localhost")
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "iothubowner@sas.root.localhost".into(),
+            password: service_token,
+        })
+        .open_with_stream(tls(&server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut service).await.unwrap();
+    let mut feedback = Receiver::attach(
+        &mut session,
+        "fb",
+        "amqps://localhost/messages/servicebound/feedback",
+    )
+    .await
+    .unwrap();
+    let mut c2d = Sender::attach(
+        &mut session,
+        "c2d",
+        "amqps://localhost/messages/devicebound",
+    )
+    .await
+    .unwrap();
+    let message = Message::builder()
+        .properties(Properties {
+            message_id: Some(MessageId::String("cli-1".into())),
+            to: Some("/devices/fb-dev/messages/devicebound".into()),
+            ..Properties::default()
+        })
+        .application_properties(
+            fe2o3_amqp::types::messaging::ApplicationProperties::builder()
+                .insert("iothub-ack", SimpleValue::String("full".into()))
+                .build(),
+        )
+        .data(b"hello device".to_vec())
+        .build();
+    let outcome = c2d.send(message).await.unwrap();
+    assert!(outcome.is_accepted(), "{outcome:?}");
+    // A message for a device that does not exist is rejected.
+    let lost = Message::builder()
+        .properties(Properties {
+            to: Some("/devices/nobody/messages/devicebound".into()),
+            ..Properties::default()
+        })
+        .data(b"x".to_vec())
+        .build();
+    let outcome = c2d.send(lost).await.unwrap();
+    assert!(!outcome.is_accepted(), "{outcome:?}");
+
+    // The device completes it over the HTTPS device API; the feedback record follows.
+    let r = hub
+        .client
+        .get(format!("{}/devices/fb-dev/messages/devicebound", hub.base))
+        .header("authorization", &device_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lock = r.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let done = hub
+        .client
+        .delete(format!(
+            "{}/devices/fb-dev/messages/devicebound/{lock}",
+            hub.base
+        ))
+        .header("authorization", &device_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 204);
+    let record = tokio::time::timeout(Duration::from_secs(10), feedback.recv::<Body<Value>>())
+        .await
+        .expect("a feedback record")
+        .unwrap();
+    feedback.accept(&record).await.unwrap();
+    let body = match &record.message().body {
+        Body::Data(batch) => batch.iter().flat_map(|d| d.0.to_vec()).collect::<Vec<u8>>(),
+        other => panic!("feedback must be a Data body, not {other:?}"),
+    };
+    let records: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(records[0]["originalMessageId"], "cli-1", "{records}");
+    assert_eq!(records[0]["statusCode"], "Success");
+    assert_eq!(records[0]["deviceId"], "fb-dev");
+    service.close().await.unwrap();
+
+    // A wrong service password: the C2D link is refused.
+    let mut bad = Connection::builder()
+        .container_id("cli-bad")
+        .hostname("localhost")
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "iothubowner@sas.root.localhost".into(),
+            password: "SharedAccessSignature sr=localhost&sig=x&se=99999999999&skn=iothubowner"
+                .into(),
+        })
+        .open_with_stream(tls(&server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut bad).await.unwrap();
+    let mut c2d = Sender::attach(&mut session, "c2d", "/messages/devicebound")
+        .await
+        .unwrap();
+    let refused = c2d
+        .send(Message::builder().data(b"x".to_vec()).build())
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // A module authenticates with its own token and its telemetry names it.
+    hub.ok(
+        reqwest::Method::PUT,
+        "/devices/fb-dev/modules/filter",
+        Some(serde_json::json!({"deviceId": "fb-dev", "moduleId": "filter"})),
+        &[],
+    )
+    .await;
+    let module = hub
+        .ok(
+            reqwest::Method::GET,
+            "/devices/fb-dev/modules/filter",
+            None,
+            &[],
+        )
+        .await;
+    let module_key = module["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let module_token = muster_auth::sas::make_token(
+        "localhost/devices/fb-dev/modules/filter",
+        &muster_auth::Secret::new(module_key),
+        None,
+        exp,
+    )
+    .unwrap();
+    let mut connection = Connection::builder()
+        .container_id("module")
+        .hostname("localhost")
+        .open_with_stream(tls(&server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
+        .await
+        .unwrap();
+    let mut cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
+        .await
+        .unwrap();
+    let status = put_token(
+        &mut cbs_out,
+        &mut cbs_in,
+        "localhost/devices/fb-dev/modules/filter",
+        &module_token,
+    )
+    .await;
+    assert_eq!(status, Value::Int(200));
+    let mut events = Sender::attach(
+        &mut session,
+        "events",
+        "/devices/fb-dev/modules/filter/messages/events",
+    )
+    .await
+    .unwrap();
+    let outcome = events
+        .send(Message::builder().data(b"from a module".to_vec()).build())
+        .await
+        .unwrap();
+    assert!(outcome.is_accepted());
+    let stored = hub.read_events("fb-dev", 1).await;
+    assert_eq!(
+        stored[0]["systemProperties"]["iothub-connection-module-id"], "filter",
+        "{stored:?}"
+    );
+    // The module's token does not open the device's own mailbox.
+    let mut mailbox = Receiver::attach(&mut session, "c2d", "/devices/fb-dev/messages/devicebound")
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), mailbox.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("UnauthorizedAccess"), "{err:?}");
+    connection.close().await.unwrap();
+}

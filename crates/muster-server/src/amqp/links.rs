@@ -421,18 +421,48 @@ async fn put_token(shared: &Shared, request: &AmqpMessage) -> (i32, String) {
     }
 }
 
-/// Device-to-cloud messages, each accepted once it is durable.
+/// Deliveries taken off a telemetry link for one durable append.
+const TELEMETRY_BATCH: usize = 64;
+
+/// Device-to-cloud messages, each accepted once it is durable. Whatever the link already holds
+/// (the device keeps several in flight) goes into one append, so one group commit serves them
+/// all and they stay in order.
 async fn telemetry(shared: &Shared, mut receiver: Receiver, entry: &DeviceEntry) {
+    use futures_util::FutureExt as _;
     let mut last = std::time::Instant::now();
     loop {
-        let delivery = match next(&mut receiver, shared, Some(entry)).await {
+        let first = match next(&mut receiver, shared, Some(entry)).await {
             Next::Message(d) => *d,
             other => return end_receiver(receiver, &other).await,
         };
-        let message = message::telemetry(delivery.message());
-        match shared.ctx.hub.ingest(&entry.identity, vec![message]).await {
+        let mut batch = vec![first];
+        // `recv` is cancel-safe: what is not ready now stays for the next round.
+        while batch.len() < TELEMETRY_BATCH {
+            match receiver.recv::<Body<Value>>().now_or_never() {
+                Some(Ok(d)) => batch.push(d),
+                _ => break,
+            }
+        }
+        let (fits, too_large): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| {
+            message::body_bytes(&d.message().body).len() <= muster_hub::telemetry::MAX_TELEMETRY
+        });
+        for d in &too_large {
+            warn!(
+                identity = entry.identity.id(),
+                "telemetry over 256 KB refused"
+            );
+            let description = "a telemetry message is over the 256 KB limit";
+            let _ = receiver
+                .reject(d, error(AmqpError::ResourceLimitExceeded, description))
+                .await;
+        }
+        let messages = fits
+            .iter()
+            .map(|d| message::telemetry(d.message()))
+            .collect();
+        match shared.ctx.hub.ingest(&entry.identity, messages).await {
             Ok(()) => {
-                let _ = receiver.accept(&delivery).await;
+                let _ = receiver.accept_all(&fits).await;
             }
             Err(e) => {
                 warn!(
@@ -440,14 +470,8 @@ async fn telemetry(shared: &Shared, mut receiver: Receiver, entry: &DeviceEntry)
                     reason = muster_types::report(&e),
                     "telemetry refused"
                 );
-                let condition = match e {
-                    muster_hub::telemetry::IngestError::TooLarge { .. } => {
-                        AmqpError::ResourceLimitExceeded
-                    }
-                    muster_hub::telemetry::IngestError::Unavailable(_) => AmqpError::InternalError,
-                };
                 let _ = receiver
-                    .reject(&delivery, error(condition, e.to_string()))
+                    .reject_all(&fits, error(AmqpError::InternalError, e.to_string()))
                     .await;
             }
         }
