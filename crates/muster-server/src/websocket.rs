@@ -39,6 +39,9 @@ use crate::rest::PeerChain;
 pub(crate) struct Tunnels {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// One permit per open tunnel (hyper lets go of the HTTPS connection's own permit once it
+    /// has upgraded).
+    pub(crate) permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// The paths the SDKs upgrade on.
@@ -114,9 +117,16 @@ pub(crate) async fn upgrade(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().host().map(str::to_owned));
+    let Ok(permit) = Arc::clone(&tunnels.permits).try_acquire_owned() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many open tunnels; try again later",
+        );
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = tunnels.tracker.clone();
     let task = async move {
+        let _permit = permit;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => return debug!(error = %e, "WebSocket upgrade did not complete"),

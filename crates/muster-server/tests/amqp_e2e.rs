@@ -514,3 +514,42 @@ async fn a_service_login_sends_c2d_and_reads_feedback_and_modules_send_telemetry
     assert!(format!("{err:?}").contains("UnauthorizedAccess"), "{err:?}");
     connection.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_never_takes_its_answers_does_not_stall_the_server() {
+    let server = TestServer::start().await;
+    let mut connection = Connection::builder()
+        .container_id("deaf")
+        .hostname("localhost")
+        .open_with_stream(tls(&server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    // Only the request side of $cbs: the answers have nowhere to go.
+    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
+        .await
+        .unwrap();
+    let request = || {
+        Message::builder()
+            .application_properties(
+                fe2o3_amqp::types::messaging::ApplicationProperties::builder()
+                    .insert("operation", SimpleValue::String("put-token".into()))
+                    .insert("name", SimpleValue::String("localhost/devices/x".into()))
+                    .build(),
+            )
+            .body(Body::<Value>::Value(AmqpValue(Value::String(
+                "junk".into(),
+            ))))
+            .build()
+    };
+    let all = async {
+        for _ in 0..200 {
+            let outcome = cbs_out.send(request()).await.unwrap();
+            assert!(outcome.is_accepted());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), all)
+        .await
+        .expect("every request is taken, answered or not");
+    connection.close().await.unwrap();
+}

@@ -16,7 +16,7 @@
 //! `amqp:unauthorized-access`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fe2o3_amqp::types::messaging::MessageId;
@@ -31,8 +31,14 @@ use super::message::{self, AmqpMessage};
 use super::sasl::Claim;
 use crate::Context;
 
-/// Replies a mailbox holds before further ones are dropped.
+/// Replies a mailbox holds before further ones are dropped (a client that does not take its
+/// replies loses them; nothing waits for it).
 const MAILBOX: usize = 64;
+/// Links one connection may hold at once (a device attaches six, a service two).
+pub(crate) const MAX_LINKS: usize = 64;
+/// Unanswered method calls kept per identity (older ones have timed out at the hub: at most
+/// 300 s).
+const MAX_METHOD_CALLS: usize = 256;
 
 /// A service's right on this connection.
 #[derive(Debug, Clone)]
@@ -57,10 +63,10 @@ pub(crate) struct DeviceEntry {
     pub(crate) mail: Notify,
     /// The device asked for desired-property notifications.
     pub(crate) twin_subscribed: AtomicBool,
-    /// A method-request link is attached.
-    pub(crate) methods_open: AtomicBool,
-    /// Method calls in flight: correlation id (text) → the hub's request id.
-    pub(crate) method_calls: Mutex<HashMap<String, String>>,
+    /// Method-request links attached (the device takes direct methods while one is).
+    pub(crate) methods_open: AtomicUsize,
+    /// Method calls in flight: correlation id (text) → (the hub's request id, when sent).
+    pub(crate) method_calls: Mutex<HashMap<String, (String, std::time::Instant)>>,
     live: OnceCell<()>,
 }
 
@@ -72,7 +78,7 @@ impl DeviceEntry {
             revoked: parent.child_token(),
             mail: Notify::new(),
             twin_subscribed: AtomicBool::new(false),
-            methods_open: AtomicBool::new(false),
+            methods_open: AtomicUsize::new(0),
             method_calls: Mutex::default(),
             live: OnceCell::new(),
         }
@@ -100,6 +106,8 @@ pub(crate) struct Shared {
     devices: Mutex<HashMap<String, Arc<DeviceEntry>>>,
     service: Mutex<Option<ServiceGrant>>,
     mailboxes: Mutex<HashMap<String, Mailbox>>,
+    /// Links attached now.
+    links: AtomicUsize,
     /// Cancelled when the connection ends.
     pub(crate) closing: CancellationToken,
     pub(crate) tracker: tokio_util::task::TaskTracker,
@@ -146,6 +154,7 @@ impl Shared {
             devices: Mutex::default(),
             service: Mutex::default(),
             mailboxes: Mutex::default(),
+            links: AtomicUsize::new(0),
             closing: CancellationToken::new(),
             tracker,
         }
@@ -164,6 +173,13 @@ impl Shared {
         device_id: &str,
         module_id: Option<&str>,
     ) -> Result<Arc<DeviceEntry>, Refusal> {
+        // Ids that break the id rules name nobody (and `%2F` cannot smuggle a module in).
+        muster_types::DeviceId::new(device_id)
+            .map_err(|e| Refusal::Auth(muster_hub::auth::AuthError::InvalidId(e)))?;
+        if let Some(m) = module_id {
+            muster_types::ModuleId::new(m)
+                .map_err(|e| Refusal::Auth(muster_hub::auth::AuthError::InvalidId(e)))?;
+        }
         let hub = self.ctx.hub.hub_for_host(host);
         let key = identity_key(&hub, device_id, module_id);
         let known = self.devices.lock().ok().and_then(|d| d.get(&key).cloned());
@@ -259,6 +275,33 @@ impl Shared {
         }
     }
 
+    /// Count a new link; `false` (and nothing counted) when the connection holds
+    /// [`MAX_LINKS`] already.
+    pub(crate) fn add_link(&self) -> bool {
+        self.links
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LINKS).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A link ended.
+    pub(crate) fn remove_link(&self) {
+        let _ = self
+            .links
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Queue a reply for the link that delivers mailbox `key`'s replies (attached now or
+    /// later). Never waits: a full mailbox drops the reply, with a log line.
+    pub(crate) fn reply(&self, key: &str, message: AmqpMessage) -> bool {
+        let queued = self.mailbox(key).try_send(message).is_ok();
+        if !queued {
+            warn!(key, "reply dropped: the client does not take its replies");
+        }
+        queued
+    }
+
     /// The sending half of a reply mailbox.
     pub(crate) fn mailbox(&self, key: &str) -> mpsc::Sender<AmqpMessage> {
         let mut boxes = match self.mailboxes.lock() {
@@ -336,7 +379,7 @@ impl Shared {
                     }
                 }
                 event = registration.rx.recv() => match event {
-                    Some(event) => self.dispatch(entry, event).await,
+                    Some(event) => self.dispatch(entry, event),
                     None => break,
                 },
             }
@@ -355,7 +398,7 @@ impl Shared {
         debug!(identity = entry.identity.id(), "device session over");
     }
 
-    async fn dispatch(&self, entry: &DeviceEntry, event: Outbound) {
+    fn dispatch(&self, entry: &DeviceEntry, event: Outbound) {
         let key = entry.identity.key();
         match event {
             Outbound::Mail => entry.mail.notify_one(),
@@ -367,30 +410,35 @@ impl Shared {
                         vec![],
                         message::data(patch.to_string().into_bytes()),
                     );
-                    let _ = self.mailbox(&format!("twin/{key}")).send(m).await;
+                    self.reply(&format!("twin/{key}"), m);
                 }
             }
             Outbound::MethodRequest { rid, name, payload } => {
-                if !entry.methods_open.load(Ordering::Acquire) {
+                if entry.methods_open.load(Ordering::Acquire) == 0 {
                     return self.ctx.hub.refuse_method(&entry.identity, &rid);
                 }
                 let uuid = message::new_uuid();
-                if let Ok(mut calls) = entry.method_calls.lock() {
-                    calls.insert(message::uuid_text(&uuid), rid);
-                }
                 let m = message::reply(
                     Some(MessageId::Uuid(uuid.into())),
                     vec![("IoThub-methodname", name.into())],
                     vec![],
                     message::data(payload),
                 );
-                if self
-                    .mailbox(&format!("methods/{key}"))
-                    .send(m)
-                    .await
-                    .is_err()
-                {
-                    warn!("method request could not be queued");
+                let kept = entry.method_calls.lock().is_ok_and(|mut calls| {
+                    if calls.len() >= MAX_METHOD_CALLS {
+                        let stale = std::time::Duration::from_secs(300);
+                        calls.retain(|_, (_, at)| at.elapsed() < stale);
+                    }
+                    calls.len() < MAX_METHOD_CALLS
+                        && calls
+                            .insert(
+                                message::uuid_text(&uuid),
+                                (rid.clone(), std::time::Instant::now()),
+                            )
+                            .is_none()
+                });
+                if !kept || !self.reply(&format!("methods/{key}"), m) {
+                    self.ctx.hub.refuse_method(&entry.identity, &rid);
                 }
             }
         }

@@ -81,18 +81,24 @@ pub(super) async fn session(mut session: ListenerSessionHandle, shared: Arc<Shar
                 continue;
             }
         };
+        if !shared.add_link() {
+            warn!(address = raw, "too many links on one connection; refusing");
+            let why = format!("at most {} links per connection", super::conn::MAX_LINKS);
+            refuse(link, AmqpError::ResourceLimitExceeded, why).await;
+            continue;
+        }
+        let tracker = shared.tracker.clone();
         let shared = Arc::clone(&shared);
-        shared
-            .tracker
-            .clone()
-            .spawn(tracing::Instrument::in_current_span(serve_link(
-                shared, raw, link,
-            )));
+        let serve = async move {
+            serve_link(&shared, raw, link).await;
+            shared.remove_link();
+        };
+        tracker.spawn(tracing::Instrument::in_current_span(serve));
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, session.end()).await;
 }
 
-async fn serve_link(shared: Arc<Shared>, raw: String, link: LinkEndpoint) {
+async fn serve_link(shared: &Arc<Shared>, raw: String, link: LinkEndpoint) {
     let Some(Address { host, node }) = address::parse(&raw) else {
         warn!(address = raw, "attach to an unknown address");
         return refuse(link, AmqpError::NotFound, format!("no such node: {raw}")).await;
@@ -100,8 +106,8 @@ async fn serve_link(shared: Arc<Shared>, raw: String, link: LinkEndpoint) {
     let host = shared.host_for(host.as_deref()).to_owned();
     debug!(address = raw, "link attached");
     match (node, link) {
-        (Node::Cbs, LinkEndpoint::Receiver(r)) => cbs(&shared, r).await,
-        (Node::Cbs, LinkEndpoint::Sender(s)) => replies(&shared, s, "cbs", None).await,
+        (Node::Cbs, LinkEndpoint::Receiver(r)) => cbs(shared, r).await,
+        (Node::Cbs, LinkEndpoint::Sender(s)) => replies(shared, s, "cbs", None, None).await,
         (
             Node::Registration {
                 scope,
@@ -109,7 +115,7 @@ async fn serve_link(shared: Arc<Shared>, raw: String, link: LinkEndpoint) {
             },
             LinkEndpoint::Receiver(r),
         ) => {
-            registrations(&shared, r, &scope, &registration_id).await;
+            registrations(shared, r, &scope, &registration_id).await;
         }
         (
             Node::Registration {
@@ -117,16 +123,16 @@ async fn serve_link(shared: Arc<Shared>, raw: String, link: LinkEndpoint) {
             },
             LinkEndpoint::Sender(s),
         ) => {
-            replies(&shared, s, &format!("dps/{registration_id}"), None).await;
+            replies(shared, s, &format!("dps/{registration_id}"), None, None).await;
         }
-        (Node::ServiceC2d, LinkEndpoint::Receiver(r)) => service_c2d(&shared, r).await,
-        (Node::Feedback, LinkEndpoint::Sender(s)) => feedback(&shared, s).await,
+        (Node::ServiceC2d, LinkEndpoint::Receiver(r)) => service_c2d(shared, r).await,
+        (Node::Feedback, LinkEndpoint::Sender(s)) => feedback(shared, s).await,
         (Node::Events(d), link) => {
-            let Some(entry) = device(&shared, &host, &d, &raw, link.role()).await else {
+            let Some(entry) = device(shared, &host, &d, &raw, link.role()).await else {
                 return refuse_device(link, &raw).await;
             };
             match link {
-                LinkEndpoint::Receiver(r) => telemetry(&shared, r, &entry).await,
+                LinkEndpoint::Receiver(r) => telemetry(shared, r, &entry).await,
                 // Modules' inputs (`/devices/{d}/modules/{m}/messages/events` as a source).
                 LinkEndpoint::Sender(s) => {
                     refuse_sender(
@@ -139,11 +145,15 @@ async fn serve_link(shared: Arc<Shared>, raw: String, link: LinkEndpoint) {
             }
         }
         (Node::DeviceBound(d), link) => {
-            let Some(entry) = device(&shared, &host, &d, &raw, link.role()).await else {
+            let Some(entry) = device(shared, &host, &d, &raw, link.role()).await else {
                 return refuse_device(link, &raw).await;
             };
             match link {
-                LinkEndpoint::Sender(s) => c2d(&shared, s, &entry).await,
+                LinkEndpoint::Sender(s) if entry.identity.module_id.is_some() => {
+                    let why = "modules receive no cloud-to-device messages";
+                    refuse_sender(s, AmqpError::NotAllowed, why).await;
+                }
+                LinkEndpoint::Sender(s) => c2d(shared, s, &entry).await,
                 LinkEndpoint::Receiver(r) => {
                     refuse_receiver(
                         r,
@@ -155,26 +165,24 @@ async fn serve_link(shared: Arc<Shared>, raw: String, link: LinkEndpoint) {
             }
         }
         (Node::Twin(d), link) => {
-            let Some(entry) = device(&shared, &host, &d, &raw, link.role()).await else {
+            let Some(entry) = device(shared, &host, &d, &raw, link.role()).await else {
                 return refuse_device(link, &raw).await;
             };
             let key = format!("twin/{}", entry.identity.key());
             match link {
-                LinkEndpoint::Receiver(r) => twin(&shared, r, &entry, &key).await,
-                LinkEndpoint::Sender(s) => replies(&shared, s, &key, Some(&entry)).await,
+                LinkEndpoint::Receiver(r) => twin(shared, r, &entry, &key).await,
+                LinkEndpoint::Sender(s) => replies(shared, s, &key, Some(&entry), None).await,
             }
         }
         (Node::Methods(d), link) => {
-            let Some(entry) = device(&shared, &host, &d, &raw, link.role()).await else {
+            let Some(entry) = device(shared, &host, &d, &raw, link.role()).await else {
                 return refuse_device(link, &raw).await;
             };
             match link {
-                LinkEndpoint::Receiver(r) => method_responses(&shared, r, &entry).await,
+                LinkEndpoint::Receiver(r) => method_responses(shared, r, &entry).await,
                 LinkEndpoint::Sender(s) => {
-                    entry.methods_open.store(true, Ordering::Release);
                     let key = format!("methods/{}", entry.identity.key());
-                    replies(&shared, s, &key, Some(&entry)).await;
-                    entry.methods_open.store(false, Ordering::Release);
+                    replies(shared, s, &key, Some(&entry), Some(&entry.methods_open)).await;
                 }
             }
         }
@@ -303,8 +311,16 @@ async fn end_receiver(receiver: Receiver, next: &Next) {
 }
 
 /// A reply link: deliver what the mailbox `key` holds, pre-settled where the link allows.
-async fn replies(shared: &Shared, mut sender: Sender, key: &str, entry: Option<&DeviceEntry>) {
-    let Some(mut rx) = shared.take_mailbox(key) else {
+/// `open` counts the reply links of its kind while they run (the device takes method calls
+/// while one is attached).
+async fn replies(
+    shared: &Shared,
+    sender: Sender,
+    key: &str,
+    entry: Option<&DeviceEntry>,
+    open: Option<&std::sync::atomic::AtomicUsize>,
+) {
+    let Some(rx) = shared.take_mailbox(key) else {
         warn!(key, "a second reply link for the same channel");
         return refuse_sender(
             sender,
@@ -313,6 +329,22 @@ async fn replies(shared: &Shared, mut sender: Sender, key: &str, entry: Option<&
         )
         .await;
     };
+    if let Some(n) = open {
+        n.fetch_add(1, Ordering::AcqRel);
+    }
+    pump(shared, sender, rx, key, entry).await;
+    if let Some(n) = open {
+        n.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn pump(
+    shared: &Shared,
+    mut sender: Sender,
+    mut rx: tokio::sync::mpsc::Receiver<AmqpMessage>,
+    key: &str,
+    entry: Option<&DeviceEntry>,
+) {
     enum Step {
         Send(Box<AmqpMessage>),
         Revoked,
@@ -357,7 +389,6 @@ async fn replies(shared: &Shared, mut sender: Sender, key: &str, entry: Option<&
 /// `$cbs`: `put-token` requests; answers carry `status-code` (int) and the request's id as
 /// correlation id (same AMQP type).
 async fn cbs(shared: &Shared, mut receiver: Receiver) {
-    let replies = shared.mailbox("cbs");
     loop {
         let delivery = match next(&mut receiver, shared, None).await {
             Next::Message(d) => *d,
@@ -379,9 +410,7 @@ async fn cbs(shared: &Shared, mut receiver: Receiver) {
             vec![],
             Body::Value(AmqpValue(Value::Null)),
         );
-        if replies.send(reply).await.is_err() {
-            debug!("CBS reply dropped");
-        }
+        shared.reply("cbs", reply);
     }
 }
 
@@ -550,12 +579,12 @@ async fn c2d(shared: &Shared, mut sender: Sender, entry: &DeviceEntry) {
                         "cannot settle a cloud-to-device message"
                     );
                 }
-                if settlement == Settlement::Abandon {
-                    ctx.hub
-                        .presence()
-                        .send(&identity.key(), muster_hub::presence::Outbound::Mail);
-                }
                 drop(permit);
+                // Room for another delivery (and an abandoned message to deliver again): the
+                // link looks at the queue now rather than at its next poll.
+                ctx.hub
+                    .presence()
+                    .send(&identity.key(), muster_hub::presence::Outbound::Mail);
             });
         }
         enum Wake {
@@ -627,7 +656,6 @@ fn c2d_message(entry: &DeviceEntry, d: &muster_hub::c2d::Delivery) -> AmqpMessag
 /// Twin requests: GET, PATCH of reported properties, PUT/DELETE of the desired-change
 /// subscription. Answers carry `status` (int) and the request's correlation id.
 async fn twin(shared: &Shared, mut receiver: Receiver, entry: &DeviceEntry, key: &str) {
-    let replies = shared.mailbox(key);
     loop {
         let delivery = match next(&mut receiver, shared, Some(entry)).await {
             Next::Message(d) => *d,
@@ -683,9 +711,7 @@ async fn twin(shared: &Shared, mut receiver: Receiver, entry: &DeviceEntry, key:
         let mut annotations = annotations;
         annotations.insert(0, ("status", Value::Int(status)));
         let reply = message::reply(correlation, vec![], annotations, message::data(body));
-        if replies.send(reply).await.is_err() {
-            debug!("twin reply dropped");
-        }
+        shared.reply(key, reply);
     }
 }
 
@@ -714,7 +740,8 @@ async fn method_responses(shared: &Shared, mut receiver: Receiver, entry: &Devic
             .method_calls
             .lock()
             .ok()
-            .and_then(|mut c| c.remove(&id.to_ascii_lowercase()));
+            .and_then(|mut c| c.remove(&id.to_ascii_lowercase()))
+            .map(|(rid, _)| rid);
         let Some(rid) = rid else {
             warn!(correlation_id = id, "method response for no pending call");
             continue;
@@ -750,6 +777,16 @@ async fn service_c2d(shared: &Shared, mut receiver: Receiver) {
             Next::Message(d) => *d,
             other => return end_receiver(receiver, &other).await,
         };
+        // The token that opened the link may have expired (or been replaced) since.
+        if let Err(e) = shared.service_grant(&SERVICE_CONNECT) {
+            warn!(
+                reason = muster_types::report(&e),
+                "cloud-to-device send refused"
+            );
+            let refusal = error(AmqpError::UnauthorizedAccess, e.to_string());
+            let _ = receiver.reject(&delivery, refusal).await;
+            return refuse_receiver(receiver, AmqpError::UnauthorizedAccess, &e.to_string()).await;
+        }
         match queue_c2d(shared, &grant.hub, delivery.message()).await {
             Ok(()) => {
                 let _ = receiver.accept(&delivery).await;
@@ -845,6 +882,13 @@ async fn feedback(shared: &Shared, mut sender: Sender) {
     };
     let pending = shared.ctx.hub.feedback();
     loop {
+        if let Err(e) = shared.service_grant(&SERVICE_CONNECT) {
+            warn!(
+                reason = muster_types::report(&e),
+                "feedback receiver closed"
+            );
+            return refuse_sender(sender, AmqpError::UnauthorizedAccess, &e.to_string()).await;
+        }
         let arrived = pending.arrived();
         let records = pending.take(&grant.hub, 100);
         if !records.is_empty() {
@@ -855,21 +899,24 @@ async fn feedback(shared: &Shared, mut sender: Sender) {
                 content_type: Some("application/vnd.microsoft.iothub.feedback.json".into()),
                 ..Properties::default()
             });
-            let delivered = match sender.send(Sendable::builder().message(m).build()).await {
-                Ok(Outcome::Accepted(_)) => true,
-                Ok(other) => {
-                    debug!(?other, "feedback not accepted; keeping it");
-                    false
+            match sender.send(Sendable::builder().message(m).build()).await {
+                Ok(Outcome::Accepted(_)) => {}
+                // A service that refuses its feedback does not get it again (as in IoT Hub,
+                // where an abandoned batch goes back, a rejected one is gone).
+                Ok(Outcome::Released(_) | Outcome::Modified(_)) => {
+                    pending.restore(&grant.hub, records);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                Ok(other) => warn!(
+                    ?other,
+                    n = records.len(),
+                    "feedback records refused by the service; dropped"
+                ),
                 Err(e) => {
                     debug!(error = %e, "feedback link ended");
                     pending.restore(&grant.hub, records);
                     return;
                 }
-            };
-            if !delivered {
-                pending.restore(&grant.hub, records);
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             continue;
         }
@@ -898,7 +945,7 @@ async fn registrations(
     scope: &str,
     registration_id: &str,
 ) {
-    let replies = shared.mailbox(&format!("dps/{registration_id}"));
+    let key = format!("dps/{registration_id}");
     let ctx = &shared.ctx;
     let unknown_scope = !scope.eq_ignore_ascii_case(&ctx.id_scope);
     if unknown_scope {
@@ -907,7 +954,10 @@ async fn registrations(
     loop {
         let delivery = match next(&mut receiver, shared, None).await {
             Next::Message(d) => *d,
-            other => return end_receiver(receiver, &other).await,
+            other => {
+                shared.drop_mailbox(&key);
+                return end_receiver(receiver, &other).await;
+            }
         };
         let request = delivery.message();
         let operation = message::app_property(request, "iotdps-operation-type").unwrap_or_default();
@@ -973,16 +1023,12 @@ async fn registrations(
             .and_then(|p| p.correlation_id.clone());
         let mut application = vec![];
         if let Some(secs) = reply.retry_after {
+            // Node reads `retry-after`, .NET `Retry-After`.
             application.push(("retry-after", SimpleValue::String(secs.to_string())));
+            application.push(("Retry-After", SimpleValue::String(secs.to_string())));
         }
         let body = crate::json::to_ascii_json(&reply.body).into_bytes();
-        let _ = replies
-            .send(message::reply(
-                correlation,
-                application,
-                vec![],
-                message::data(body),
-            ))
-            .await;
+        let answer = message::reply(correlation, application, vec![], message::data(body));
+        shared.reply(&key, answer);
     }
 }

@@ -39,6 +39,10 @@ const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
 const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 /// Largest frame either side may send (uamqp and .NET offer 64 KiB too).
 pub(crate) const MAX_FRAME: u32 = 64 * 1024;
+/// Sessions one connection may begin (the .NET device uses two).
+const MAX_SESSIONS: u16 = 16;
+/// Link handles one session may use (links per connection are also capped).
+const MAX_HANDLES: u32 = 64;
 /// A peer silent this long is gone; peers keep it alive with empty frames at half of it.
 const IDLE_TIMEOUT_MS: u32 = 240_000;
 
@@ -147,6 +151,7 @@ pub(crate) async fn connection<S>(
     let builder = ConnectionAcceptor::builder()
         .container_id("muster")
         .max_frame_size(MAX_FRAME)
+        .channel_max(MAX_SESSIONS)
         .idle_time_out(IDLE_TIMEOUT_MS);
     let opened = async {
         if sasl_layer {
@@ -181,7 +186,9 @@ pub(crate) async fn connection<S>(
                 None => break,
             },
         };
-        match SessionAcceptor::new()
+        match SessionAcceptor::builder()
+            .handle_max(MAX_HANDLES)
+            .build()
             .accept_incoming_session(incoming, &mut handle)
             .await
         {

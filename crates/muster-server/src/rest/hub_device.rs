@@ -11,8 +11,8 @@
 //!   …/devicebound/{lockToken}/abandon` gives it back; 204, or 412 when the lock is lost.
 //!
 //! A device authenticates with its SAS token (`Authorization`) or its TLS client certificate;
-//! a hub policy with ServiceConnect (`iothubowner`, `service`) may act for any device, as the
-//! Azure CLI's `send-d2c-message --protocol http` does.
+//! a hub policy with DeviceConnect (`iothubowner`, `deviceConnect`) may act for any device, as
+//! the Azure CLI's `send-d2c-message --protocol http` does with `iothubowner`.
 //!
 //! Header names reach the server lower-cased, so application property names sent as headers
 //! arrive in lower case (batches keep their case).
@@ -42,8 +42,8 @@ type ApiResult = Result<Response, HubApiError>;
 /// How long a message received over HTTPS stays locked.
 const LOCK: Duration = Duration::from_secs(60);
 
-/// Policies that may act for a device.
-const SERVICE_CONNECT: [&str; 2] = ["iothubowner", "service"];
+/// Policies that may act for a device (IoT Hub's DeviceConnect right).
+const DEVICE_CONNECT: [&str; 2] = ["iothubowner", "deviceConnect"];
 
 /// Whether a request is a device's (authenticated here, not by the service-policy middleware).
 pub(crate) fn is_device_call(method: &Method, path: &str) -> bool {
@@ -88,7 +88,7 @@ async fn caller(
         HubApiError(HubError::Unauthorized)
     };
     if policy.is_some() {
-        let host = super::auth::check(ctx, token, &SERVICE_CONNECT)
+        let host = super::auth::check(ctx, token, &DEVICE_CONNECT)
             .map_err(|e| refused(muster_types::report(&e)))?;
         let hub = ctx.hub.hub_for_host(&host);
         if ctx

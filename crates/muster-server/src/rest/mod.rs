@@ -149,6 +149,7 @@ pub(crate) async fn serve(
 ) {
     let app = router(Arc::clone(&ctx));
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let tunnel_permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let failures = crate::accept::AcceptFailures::new("https");
     loop {
         let permit = tokio::select! {
@@ -173,6 +174,7 @@ pub(crate) async fn serve(
         let tunnels = crate::websocket::Tunnels {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            permits: Arc::clone(&tunnel_permits),
         };
         tracker.spawn(
             async move {
