@@ -65,7 +65,7 @@ pub(crate) async fn open(
     container: &str,
     plain: Option<(String, String)>,
 ) -> Result<(ConnectionHandle<()>, SessionHandle<()>), Error> {
-    let tls = endpoint.open_tls().await?;
+    let tls = endpoint.open_stream().await?;
     let mut builder = Connection::builder()
         .container_id(container)
         .hostname(endpoint.host.as_str())

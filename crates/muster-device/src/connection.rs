@@ -1,5 +1,5 @@
-//! One MQTT-over-TLS connection to a DPS or hub endpoint: owns the TLS stream and a persistent
-//! read buffer, reads and writes whole packets. Reading is cancel-safe (partial packets stay in
+//! One MQTT connection to a DPS or hub endpoint, over TLS or through a WebSocket tunnel on
+//! 443: owns the stream and a persistent read buffer, reads and writes whole packets. Reading is cancel-safe (partial packets stay in
 //! the buffer), so a connection task can `select!` between the socket and its other inputs.
 
 use std::sync::Arc;
@@ -26,9 +26,40 @@ pub(crate) struct Endpoint {
     pub(crate) tls: Arc<ClientConfig>,
     /// Local address to connect from (a fleet spreads over 127.0.0.x to have more ports).
     pub(crate) local_address: Option<std::net::IpAddr>,
+    /// Tunnel through a WebSocket (`/$iothub/websocket`) with this subprotocol.
+    pub(crate) websocket: Option<&'static str>,
 }
 
+/// A connection's byte stream: TLS, or a WebSocket tunnel inside TLS.
+pub(crate) trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + std::fmt::Debug
+{
+}
+
+impl<T> Io for T where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + std::fmt::Debug
+{
+}
+
+/// A boxed [`Io`].
+pub(crate) type BoxIo = Box<dyn Io>;
+
 impl Endpoint {
+    /// TLS, then the WebSocket upgrade when the endpoint tunnels.
+    pub(crate) async fn open_stream(&self) -> Result<BoxIo, Error> {
+        let tls = self.open_tls().await?;
+        match self.websocket {
+            None => Ok(Box::new(tls)),
+            Some(subprotocol) => {
+                let host = format!("{}:{}", self.host, self.port);
+                let ws = muster_ws::connect(tls, &host, muster_ws::IOTHUB_PATH, subprotocol)
+                    .await
+                    .map_err(|e| Error::Protocol(muster_types::report(&e)))?;
+                Ok(Box::new(ws))
+            }
+        }
+    }
+
     /// TCP connect (every address the name resolves to, in turn) and TLS handshake.
     pub(crate) async fn open_tls(&self) -> Result<TlsStream<TcpStream>, Error> {
         let server_name = ServerName::try_from(self.host.clone()).map_err(|e| {
@@ -92,7 +123,7 @@ impl Endpoint {
 
 #[derive(Debug)]
 pub(crate) struct Connection {
-    framed: Framed<TlsStream<TcpStream>>,
+    framed: Framed<BoxIo>,
 }
 
 fn protocol(e: FramedError) -> Error {
@@ -111,7 +142,7 @@ impl Connection {
         endpoint: &Endpoint,
         connect: Connect,
     ) -> Result<(Self, ConnAck), Error> {
-        let stream = endpoint.open_tls().await?;
+        let stream = endpoint.open_stream().await?;
         let mut conn = Self {
             framed: Framed::with_read_capacity(stream, MAX_PACKET, 4096),
         };

@@ -52,6 +52,21 @@ pub enum Transport {
     Https,
     /// AMQP 1.0 over TLS (default port 5671).
     Amqp,
+    /// MQTT through a WebSocket on the HTTPS port (default 443).
+    MqttWs,
+    /// AMQP through a WebSocket on the HTTPS port (default 443).
+    AmqpWs,
+}
+
+impl Transport {
+    /// The WebSocket subprotocol, for the tunnelled transports.
+    fn websocket(self) -> Option<&'static str> {
+        match self {
+            Self::MqttWs => Some(muster_ws::MQTT),
+            Self::AmqpWs => Some(muster_ws::AMQP),
+            Self::Mqtt | Self::Https | Self::Amqp => None,
+        }
+    }
 }
 
 /// How the device proves who it is.
@@ -159,6 +174,7 @@ impl ProvisioningOptions {
             Transport::Mqtt => DEFAULT_MQTT_PORT,
             Transport::Https => DEFAULT_HTTPS_PORT,
             Transport::Amqp => crate::amqp::DEFAULT_PORT,
+            Transport::MqttWs | Transport::AmqpWs => DEFAULT_HTTPS_PORT,
         })
     }
 }
@@ -229,7 +245,7 @@ impl ProvisioningClient {
         };
         let alpn: &[&[u8]] = match options.transport {
             Transport::Mqtt | Transport::Amqp => &[],
-            Transport::Https => &[b"http/1.1"],
+            Transport::Https | Transport::MqttWs | Transport::AmqpWs => &[b"http/1.1"],
         };
         let tls = client_config(&options.trust, identity, alpn)?;
         Ok(Self {
@@ -255,9 +271,9 @@ impl ProvisioningClient {
         let timeout = self.options.timeout;
         let work = async {
             match self.options.transport {
-                Transport::Mqtt => self.register_mqtt().await,
+                Transport::Mqtt | Transport::MqttWs => self.register_mqtt().await,
                 Transport::Https => self.register_https().await,
-                Transport::Amqp => self.register_amqp().await,
+                Transport::Amqp | Transport::AmqpWs => self.register_amqp().await,
             }
         };
         let registration =
@@ -309,6 +325,7 @@ impl ProvisioningClient {
             port: self.options.port(),
             tls: Arc::clone(&self.tls),
             local_address: self.options.local_address,
+            websocket: self.options.transport.websocket(),
         };
         let connect = Connect {
             protocol_level: 4,
@@ -372,6 +389,7 @@ impl ProvisioningClient {
             port: self.options.port(),
             tls: Arc::clone(&self.tls),
             local_address: self.options.local_address,
+            websocket: self.options.transport.websocket(),
         };
         let mut links = crate::amqp::DpsLinks::open(
             &endpoint,

@@ -199,6 +199,24 @@ pub enum HubTransport {
     Mqtt,
     /// AMQP 1.0 over TLS (default port 5671).
     Amqp,
+    /// MQTT through a WebSocket on the HTTPS port (443).
+    MqttWs,
+    /// AMQP through a WebSocket on the HTTPS port (443).
+    AmqpWs,
+}
+
+impl HubTransport {
+    fn websocket(self) -> Option<&'static str> {
+        match self {
+            Self::MqttWs => Some(muster_ws::MQTT),
+            Self::AmqpWs => Some(muster_ws::AMQP),
+            Self::Mqtt | Self::Amqp => None,
+        }
+    }
+
+    fn is_amqp(self) -> bool {
+        matches!(self, Self::Amqp | Self::AmqpWs)
+    }
 }
 
 impl HubOptions {
@@ -507,14 +525,19 @@ impl HubClient {
             HubCredentials::X509(identity) => Some(identity),
             HubCredentials::Sas { .. } => None,
         };
+        let alpn: &[&[u8]] = match options.transport.websocket() {
+            Some(_) => &[b"http/1.1"],
+            None => &[],
+        };
         let endpoint = Endpoint {
             host: options.host.clone(),
             port: options.port,
-            tls: client_config(&options.trust, identity, &[])?,
+            tls: client_config(&options.trust, identity, alpn)?,
             local_address: options.local_address,
+            websocket: options.transport.websocket(),
         };
         let options = Arc::new(options);
-        if options.transport == HubTransport::Amqp {
+        if options.transport.is_amqp() {
             return Self::connect_amqp(options, endpoint).await;
         }
         let first = attempt(&endpoint, &options).await?;

@@ -1,9 +1,9 @@
 //! # muster-device
 //!
 //! An async device client for muster (and Azure IoT): provision with the Device Provisioning
-//! Service over MQTT or HTTPS, then talk to the assigned hub over MQTT — twin, reported
-//! properties, telemetry, direct methods, cloud-to-device messages — with an X.509 certificate
-//! or a shared access key. Built for fleets: each hub client is one tokio task fed by bounded
+//! Service over MQTT, AMQP or HTTPS, then talk to the assigned hub over MQTT or AMQP (each also
+//! through a WebSocket on port 443) — twin, reported properties, telemetry, direct methods,
+//! cloud-to-device messages — with an X.509 certificate or a shared access key. Built for fleets: each hub client is one tokio task fed by bounded
 //! channels, with no thread per device and no global lock.
 //!
 //! # Layout

@@ -54,7 +54,7 @@ pub enum SimEvent {
     Registering {
         /// The registration id.
         registration_id: String,
-        /// `mqtt`, `amqp` or `https`.
+        /// `mqtt`, `mqtt-ws`, `amqp`, `amqp-ws` or `https`.
         transport: String,
         /// `host:port` of the provisioning service.
         endpoint: String,
@@ -454,6 +454,8 @@ async fn provision_and_connect(
             crate::dps::Transport::Mqtt => "mqtt".to_owned(),
             crate::dps::Transport::Https => "https".to_owned(),
             crate::dps::Transport::Amqp => "amqp".to_owned(),
+            crate::dps::Transport::MqttWs => "mqtt-ws".to_owned(),
+            crate::dps::Transport::AmqpWs => "amqp-ws".to_owned(),
         },
         endpoint: format!("{}:{}", dps.host, dps.port()),
     });

@@ -22,7 +22,7 @@ use muster_test_support::Pki;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn x509_devices_register_over_mqtt_https_and_amqp() {
+async fn x509_devices_register_over_every_transport() {
     // Azure's flow (202 assigning, then poll): the server's retry-after (1 s) is honoured
     // between register and poll.
     let server = TestServer::start_with(|c| c.dps.immediate_result = false).await;
@@ -92,7 +92,13 @@ async fn x509_devices_register_over_mqtt_https_and_amqp() {
     let fast = TestServer::start_with(|_| {}).await;
     fast.x509_group(&pki).await;
     let id = Identity::from_pem_files(&cert, Some(&key)).unwrap();
-    for transport in [Transport::Mqtt, Transport::Https, Transport::Amqp] {
+    for transport in [
+        Transport::Mqtt,
+        Transport::Https,
+        Transport::Amqp,
+        Transport::MqttWs,
+        Transport::AmqpWs,
+    ] {
         let started = Instant::now();
         let reg = fast
             .register(DpsCredentials::X509(id.clone()), transport)
@@ -163,7 +169,13 @@ async fn symmetric_key_group_devices_register_with_derived_keys() {
     assert_eq!(reg.device_id, "sensor-2");
 
     // A key derived for another registration id, and a key of no group: 401002 both ways.
-    for transport in [Transport::Mqtt, Transport::Https, Transport::Amqp] {
+    for transport in [
+        Transport::Mqtt,
+        Transport::Https,
+        Transport::Amqp,
+        Transport::MqttWs,
+        Transport::AmqpWs,
+    ] {
         let credentials = DpsCredentials::SymmetricKey {
             registration_id: "sensor-3".into(),
             key: derive_device_key(&group_key, "sensor-1").unwrap(),
@@ -205,7 +217,13 @@ async fn refused_devices_get_typed_errors() {
     let wrong = format!("{}{}", pki.wrong_leaf.pem, pki.wrong_intermediate.cert.pem);
     let wrong =
         Identity::from_pem(wrong.as_bytes(), Some(pki.wrong_leaf.key_pem.as_bytes())).unwrap();
-    for transport in [Transport::Mqtt, Transport::Https, Transport::Amqp] {
+    for transport in [
+        Transport::Mqtt,
+        Transport::Https,
+        Transport::Amqp,
+        Transport::MqttWs,
+        Transport::AmqpWs,
+    ] {
         let err = server
             .register(DpsCredentials::X509(wrong.clone()), transport)
             .await
@@ -225,7 +243,13 @@ async fn refused_devices_get_typed_errors() {
 
     // A disabled group refuses its devices.
     server.set_group_status("disabled").await;
-    for transport in [Transport::Mqtt, Transport::Https, Transport::Amqp] {
+    for transport in [
+        Transport::Mqtt,
+        Transport::Https,
+        Transport::Amqp,
+        Transport::MqttWs,
+        Transport::AmqpWs,
+    ] {
         let err = server
             .register(DpsCredentials::X509(identity(&pki.leaf, &pki)), transport)
             .await
@@ -256,12 +280,19 @@ async fn refused_devices_get_typed_errors() {
         Transport::Mqtt,
     );
     options.id_scope = "0neFFFFFFFF".into();
-    for transport in [Transport::Mqtt, Transport::Https, Transport::Amqp] {
+    for transport in [
+        Transport::Mqtt,
+        Transport::Https,
+        Transport::Amqp,
+        Transport::MqttWs,
+        Transport::AmqpWs,
+    ] {
         options.transport = transport;
         options.port = Some(match transport {
             Transport::Mqtt => server.mqtt_port(),
             Transport::Https => server.https_port(),
             Transport::Amqp => server.amqp_port(),
+            Transport::MqttWs | Transport::AmqpWs => server.https_port(),
         });
         let err = ProvisioningClient::new(options.clone())
             .unwrap()

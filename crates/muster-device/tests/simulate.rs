@@ -167,15 +167,44 @@ async fn the_lab_device_follows_its_twin_and_catches_up_after_a_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_device_runs_over_amqp_and_is_refused_once_deleted() {
+    lab_device_over(Transport::Amqp, muster_device::HubTransport::Amqp, "amqp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_device_runs_over_websockets() {
+    lab_device_over(
+        Transport::MqttWs,
+        muster_device::HubTransport::MqttWs,
+        "mqtt-ws",
+    )
+    .await;
+    lab_device_over(
+        Transport::AmqpWs,
+        muster_device::HubTransport::AmqpWs,
+        "amqp-ws",
+    )
+    .await;
+}
+
+/// The lab device over one transport, to the end: twin, telemetry, a desired change reported
+/// back, C2D, a method, then refused once deleted.
+async fn lab_device_over(
+    transport: Transport,
+    hub_transport: muster_device::HubTransport,
+    name: &str,
+) {
     let server = TestServer::start_with(|c| c.dps.retry_after = 0).await;
     let pki = Pki::new();
     server.x509_group(&pki).await;
     let id = identity(&pki.leaf, &pki);
     let mut options = SimulatorOptions {
-        provisioning: server.provisioning(DpsCredentials::X509(id.clone()), Transport::Amqp),
+        provisioning: server.provisioning(DpsCredentials::X509(id.clone()), transport),
         hub_credentials: HubCredentials::X509(id.clone()),
-        hub_port: server.amqp_port(),
-        hub_transport: muster_device::HubTransport::Amqp,
+        hub_port: match hub_transport {
+            muster_device::HubTransport::Amqp => server.amqp_port(),
+            _ => server.https_port(),
+        },
+        hub_transport,
         seed: Some(7),
     };
     options.provisioning.timeout = Duration::from_secs(20);
@@ -189,7 +218,7 @@ async fn the_lab_device_runs_over_amqp_and_is_refused_once_deleted() {
     ));
     let registering = expect(&mut events, |e| matches!(e, SimEvent::Registering { .. })).await;
     assert!(
-        matches!(registering, SimEvent::Registering { ref transport, .. } if transport == "amqp")
+        matches!(registering, SimEvent::Registering { ref transport, .. } if transport == name)
     );
     let loaded = expect(&mut events, |e| matches!(e, SimEvent::TwinLoaded { .. })).await;
     assert!(

@@ -8,25 +8,17 @@
 //! (`mqtt` or `AMQPWSB10`); the answer names the one chosen, and an upgrade offering neither
 //! is refused with 400.
 //!
-//! Inside, the binary messages of each direction are one byte stream ([`ByteStream`]): a
+//! Inside, the binary messages of each direction are one byte stream (`muster_ws::ByteStream`): a
 //! packet or frame may span messages and a message may hold several. Unmasked client frames
 //! are accepted (paho answers pings and closes unmasked) and no pings are sent.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, ready};
 
 use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Buf, Bytes};
-use futures_util::{Sink, Stream};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, warn};
@@ -99,7 +91,7 @@ pub(crate) async fn upgrade(
     let Some(key) = headers.get("sec-websocket-key").map(HeaderValue::as_bytes) else {
         return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
     };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    let accept = muster_ws::derive_accept_key(key);
     let offer = headers
         .get_all("sec-websocket-protocol")
         .iter()
@@ -131,14 +123,7 @@ pub(crate) async fn upgrade(
             Ok(u) => u,
             Err(e) => return debug!(error = %e, "WebSocket upgrade did not complete"),
         };
-        let config = WebSocketConfig::default()
-            .accept_unmasked_frames(true)
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        let stream = ByteStream::new(ws);
+        let stream = muster_ws::accept(TokioIo::new(upgraded)).await;
         let chain = Ok(chain.0.as_ref().clone());
         match protocol {
             Protocol::Mqtt => {
@@ -169,103 +154,4 @@ pub(crate) async fn upgrade(
         h.insert("sec-websocket-accept", v);
     }
     response
-}
-
-/// Largest WebSocket message or frame accepted.
-const MAX_MESSAGE: usize = 2 * 1024 * 1024;
-
-/// The binary messages of a WebSocket as one byte stream.
-pub(crate) struct ByteStream<S> {
-    /// In a mutex only to make the stream `Sync` (hyper's upgraded connection is not, and the
-    /// MQTT session shares references to its connection across awaits); it is never locked,
-    /// as every access has `&mut self`.
-    ws: std::sync::Mutex<WebSocketStream<S>>,
-    pending: Bytes,
-    closed: bool,
-}
-
-impl<S> std::fmt::Debug for ByteStream<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ByteStream")
-            .field("pending", &self.pending.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> ByteStream<S> {
-    fn new(ws: WebSocketStream<S>) -> Self {
-        Self {
-            ws: std::sync::Mutex::new(ws),
-            pending: Bytes::new(),
-            closed: false,
-        }
-    }
-}
-
-impl<S: Unpin> ByteStream<S> {
-    fn ws(&mut self) -> Pin<&mut WebSocketStream<S>> {
-        Pin::new(match self.ws.get_mut() {
-            Ok(ws) => ws,
-            Err(poisoned) => poisoned.into_inner(),
-        })
-    }
-}
-
-fn io_error(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ByteStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(self.pending.get(..n).unwrap_or_default());
-                self.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if self.closed {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(self.ws().poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => self.pending = data,
-                Some(Ok(Message::Text(text))) => {
-                    self.pending = Bytes::from(text.as_bytes().to_vec());
-                }
-                // Pongs are answered by tungstenite on the next write or flush.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => self.closed = true,
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ByteStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        ready!(self.ws().poll_ready(cx)).map_err(io_error)?;
-        self.ws()
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(io_error)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        self.ws().poll_flush(cx).map_err(io_error)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        self.ws().poll_close(cx).map_err(io_error)
-    }
 }

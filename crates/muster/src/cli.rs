@@ -161,7 +161,8 @@ pub(crate) struct FleetArgs {
     /// The ID scope.
     #[arg(long, required_unless_present = "no_provision")]
     pub(crate) id_scope: Option<String>,
-    /// DPS transport; with `amqp` the hub is reached over AMQP too, otherwise over MQTT.
+    /// How to reach the provisioning service and then the hub (the same transport; after
+    /// `https` the hub is reached over MQTT).
     #[arg(long, value_enum, default_value_t = TransportArg::Mqtt)]
     pub(crate) transport: TransportArg,
     /// Connect straight to `--hub-host` (a hub or any MQTT broker) without provisioning.
@@ -233,6 +234,10 @@ pub(crate) enum TransportArg {
     Https,
     /// AMQP 1.0 over TLS (port 5671), for provisioning and the hub.
     Amqp,
+    /// MQTT through a WebSocket on the HTTPS port (443), for provisioning and the hub.
+    MqttWs,
+    /// AMQP through a WebSocket on the HTTPS port (443), for provisioning and the hub.
+    AmqpWs,
 }
 
 #[derive(Debug, Args)]
@@ -267,8 +272,8 @@ pub(crate) struct SimulateArgs {
     /// Without it the public web roots are used.
     #[arg(long)]
     pub(crate) trust: Option<PathBuf>,
-    /// How to reach the provisioning service; with `amqp` the hub is reached over AMQP too,
-    /// otherwise over MQTT.
+    /// How to reach the provisioning service and then the hub (the same transport; after
+    /// `https` the hub is reached over MQTT).
     #[arg(long, value_enum, default_value_t = TransportArg::Mqtt)]
     pub(crate) transport: TransportArg,
     /// The hub's port (default: the provisioning port with MQTT or AMQP, else 8883).

@@ -14,6 +14,20 @@ use crate::cli::{BenchCommand, DeviceCommand, FleetArgs, Output, SimulateArgs, T
 
 /// The AMQP port devices dial by default.
 const AMQP_PORT: u16 = 5671;
+/// The port WebSocket transports dial by default.
+const HTTPS_PORT: u16 = 443;
+
+/// The DPS and hub transports a `--transport` names (DPS over HTTPS goes on to the hub over
+/// MQTT).
+fn transports(arg: TransportArg) -> (Transport, HubTransport) {
+    match arg {
+        TransportArg::Mqtt => (Transport::Mqtt, HubTransport::Mqtt),
+        TransportArg::Https => (Transport::Https, HubTransport::Mqtt),
+        TransportArg::Amqp => (Transport::Amqp, HubTransport::Amqp),
+        TransportArg::MqttWs => (Transport::MqttWs, HubTransport::MqttWs),
+        TransportArg::AmqpWs => (Transport::AmqpWs, HubTransport::AmqpWs),
+    }
+}
 
 pub(crate) fn run(command: DeviceCommand, output: Output) -> Result<()> {
     match command {
@@ -104,16 +118,7 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
             .with_context(|| format!("cannot load the trust bundle {}", path.display()))?,
         None => TrustRoots::webpki(),
     };
-    let transport = match args.transport {
-        TransportArg::Mqtt => Transport::Mqtt,
-        TransportArg::Https => Transport::Https,
-        TransportArg::Amqp => Transport::Amqp,
-    };
-    let hub_transport = if transport == Transport::Amqp {
-        HubTransport::Amqp
-    } else {
-        HubTransport::Mqtt
-    };
+    let (transport, hub_transport) = transports(args.transport);
     let provisioning = match (&args.no_provision, &args.provisioning_host, &args.id_scope) {
         (true, _, _) => None,
         (false, Some(host), Some(scope)) => {
@@ -127,11 +132,14 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
         }
         _ => bail!("give --provisioning-host and --id-scope, or --no-provision with --hub-host"),
     };
-    let hub_port = args.hub_port.unwrap_or(match (&provisioning, transport) {
-        (Some(p), Transport::Mqtt) => p.port.unwrap_or(muster_device::hub::DEFAULT_PORT),
-        (Some(p), Transport::Amqp) => p.port.unwrap_or(AMQP_PORT),
-        (None, Transport::Amqp) => AMQP_PORT,
-        _ => muster_device::hub::DEFAULT_PORT,
+    let hub_port = args.hub_port.unwrap_or_else(|| {
+        let given = provisioning.as_ref().and_then(|p| p.port);
+        match transport {
+            Transport::Mqtt => given.unwrap_or(muster_device::hub::DEFAULT_PORT),
+            Transport::Amqp => given.unwrap_or(AMQP_PORT),
+            Transport::MqttWs | Transport::AmqpWs => given.unwrap_or(HTTPS_PORT),
+            Transport::Https => muster_device::hub::DEFAULT_PORT,
+        }
     });
     let fanout = if args.fanout {
         let text = match &args.hub_connection_string {
@@ -415,20 +423,13 @@ fn simulate(args: &SimulateArgs, output: Output) -> Result<()> {
     let mut provisioning = ProvisioningOptions::new(host, &args.id_scope, dps_credentials);
     provisioning.port = port;
     provisioning.trust = trust;
-    provisioning.transport = match args.transport {
-        TransportArg::Mqtt => Transport::Mqtt,
-        TransportArg::Https => Transport::Https,
-        TransportArg::Amqp => Transport::Amqp,
-    };
+    let (transport, hub_transport) = transports(args.transport);
+    provisioning.transport = transport;
+    // muster serves DPS and the hub on the same port of each protocol.
     let hub_port = args.hub_port.unwrap_or(match provisioning.transport {
-        Transport::Mqtt | Transport::Amqp => provisioning.port(),
-        _ => muster_device::hub::DEFAULT_PORT,
+        Transport::Https => muster_device::hub::DEFAULT_PORT,
+        _ => provisioning.port(),
     });
-    let hub_transport = if provisioning.transport == Transport::Amqp {
-        HubTransport::Amqp
-    } else {
-        HubTransport::Mqtt
-    };
     let options = SimulatorOptions {
         provisioning,
         hub_credentials,

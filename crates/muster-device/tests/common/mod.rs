@@ -64,6 +64,7 @@ impl DeviceFixture for TestServer {
             Transport::Mqtt => self.mqtt_port(),
             Transport::Https => self.https_port(),
             Transport::Amqp => self.amqp_port(),
+            Transport::MqttWs | Transport::AmqpWs => self.https_port(),
         });
         options.trust = self.trust();
         options.timeout = Duration::from_secs(20);
