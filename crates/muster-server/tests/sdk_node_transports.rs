@@ -105,6 +105,20 @@ async fn finish(child: Child) -> Value {
     parse(&out)
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -375,9 +389,119 @@ async fn node_devices_use_the_hub_over_amqp_with_sas_and_x509() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the official Node SDKs (MUSTER_SDK_NODE); run with: bash tests/sdk/run.sh"]
-async fn node_provisions_over_amqp_with_a_group_key_and_is_refused_for_an_unknown_scope() {
+async fn node_provisions_over_amqp_with_an_openssl_lab_chain_a_group_key_and_refusals() {
     let server = TestServer::start().await;
     let dps = server.rest();
+    // X.509 with a chain made by OpenSSL with the lab's certificate profile (certGen.sh's
+    // openssl_root_ca.cnf: nsCertType, emailProtection, a 4096-bit root).
+    let dir = server.dir.path().to_path_buf();
+    std::fs::write(
+        dir.join("lab.cnf"),
+        "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=x\n[v3_ca]\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always,issuer\nbasicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature,cRLSign,keyCertSign\n[usr_cert]\nbasicConstraints=CA:FALSE\nnsCertType=client,email\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\nkeyUsage=critical,nonRepudiation,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth,emailProtection\n",
+    )
+    .unwrap();
+    openssl(&dir, &["genrsa", "-out", "root.key", "4096"]);
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-config",
+            "lab.cnf",
+            "-extensions",
+            "v3_ca",
+            "-key",
+            "root.key",
+            "-subj",
+            "/CN=Azure IoT Hub CA Cert Test Only",
+            "-days",
+            "30",
+            "-sha256",
+            "-out",
+            "root.pem",
+        ],
+    );
+    openssl(&dir, &["genrsa", "-out", "dev.key", "2048"]);
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-config",
+            "lab.cnf",
+            "-key",
+            "dev.key",
+            "-subj",
+            "/CN=lab-device-1",
+            "-out",
+            "dev.csr",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "dev.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-extfile",
+            "lab.cnf",
+            "-extensions",
+            "usr_cert",
+            "-days",
+            "30",
+            "-sha256",
+            "-out",
+            "dev.pem",
+        ],
+    );
+    let root_pem = std::fs::read_to_string(dir.join("root.pem")).unwrap();
+    let root_key = std::fs::read_to_string(dir.join("root.key")).unwrap();
+    dps.upload_verified_ca("lab-root", &root_pem, &root_key)
+        .await;
+    dps.ok(
+        Method::PUT,
+        "/enrollmentGroups/lab",
+        Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "lab-root"}}}})),
+        &[],
+    )
+    .await;
+    let (lab_cert, lab_key) = (
+        dir.join("dev.pem").display().to_string(),
+        dir.join("dev.key").display().to_string(),
+    );
+    let ca = server.ca_path();
+    let host = format!("localhost:{}", server.amqp_port());
+    let scope = server.id_scope();
+    let lab = node(
+        "provision.js",
+        &ca,
+        &[
+            "--transport",
+            "amqp",
+            "--host",
+            &host,
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            "lab-device-1",
+            "--cert",
+            &lab_cert,
+            "--key",
+            &lab_key,
+            "--timeout",
+            "40",
+        ],
+    )
+    .await;
+    assert_eq!(lab["ok"], true, "{lab}");
+    assert_eq!(lab["deviceId"], "lab-device-1");
     dps.ok(
         Method::PUT,
         "/enrollmentGroups/sas",
@@ -394,9 +518,6 @@ async fn node_provisions_over_amqp_with_a_group_key_and_is_refused_for_an_unknow
         )
         .await;
     let group_key = att["symmetricKey"]["primaryKey"].as_str().unwrap();
-    let ca = server.ca_path();
-    let host = format!("localhost:{}", server.amqp_port());
-    let scope = server.id_scope();
     let sas = node(
         "provision.js",
         &ca,
