@@ -553,3 +553,66 @@ async fn a_client_that_never_takes_its_answers_does_not_stall_the_server() {
         .expect("every request is taken, answered or not");
     connection.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_dotnet_telemetry_batch_becomes_one_event_per_message() {
+    use fe2o3_amqp::types::messaging::message::__private::Serializable;
+    use fe2o3_amqp::types::messaging::{Batch, Data};
+    use fe2o3_amqp::types::primitives::Binary;
+    let server = TestServer::start().await;
+    let hub = server.hub_rest();
+    let token = hub.sas_device("batcher").await;
+    let mut connection = Connection::builder()
+        .container_id("dotnet")
+        .hostname("localhost")
+        .open_with_stream(tls(&server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
+        .await
+        .unwrap();
+    let mut cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
+        .await
+        .unwrap();
+    let status = put_token(
+        &mut cbs_out,
+        &mut cbs_in,
+        "localhost/devices/batcher",
+        &token,
+    )
+    .await;
+    assert_eq!(status, Value::Int(200));
+    let mut events = Sender::attach(
+        &mut session,
+        "TelemetrySenderLink",
+        "amqps://localhost:5671/devices/batcher/messages/events",
+    )
+    .await
+    .unwrap();
+    let inner = |n: u32| {
+        let m = Message::builder()
+            .application_properties(
+                fe2o3_amqp::types::messaging::ApplicationProperties::builder()
+                    .insert("n", SimpleValue::String(n.to_string()))
+                    .build(),
+            )
+            .data(format!("reading {n}").into_bytes())
+            .build();
+        Data(Binary::from(serde_amqp::to_vec(&Serializable(m)).unwrap()))
+    };
+    let batch = Message::builder()
+        .body(Body::<Value>::Data(Batch::new(vec![inner(1), inner(2)])))
+        .build();
+    let sendable = fe2o3_amqp::link::delivery::Sendable::builder()
+        .message(batch)
+        .message_format(0x8001_3700)
+        .build();
+    let outcome = events.send(sendable).await.unwrap();
+    assert!(outcome.is_accepted(), "{outcome:?}");
+    let stored = hub.read_events("batcher", 2).await;
+    assert_eq!(stored[0]["body"], "reading 1", "{stored:?}");
+    assert_eq!(stored[1]["body"], "reading 2");
+    assert_eq!(stored[1]["properties"]["n"], "2");
+    connection.close().await.unwrap();
+}

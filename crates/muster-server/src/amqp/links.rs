@@ -472,23 +472,26 @@ async fn telemetry(shared: &Shared, mut receiver: Receiver, entry: &DeviceEntry)
                 _ => break,
             }
         }
-        let (fits, too_large): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| {
-            message::body_bytes(&d.message().body).len() <= muster_hub::telemetry::MAX_TELEMETRY
-        });
-        for d in &too_large {
-            warn!(
-                identity = entry.identity.id(),
-                "telemetry over 256 KB refused"
-            );
-            let description = "a telemetry message is over the 256 KB limit";
-            let _ = receiver
-                .reject(d, error(AmqpError::ResourceLimitExceeded, description))
-                .await;
+        let mut fits = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
+        for d in batch {
+            match message::telemetry_of(d.message(), *d.message_format()) {
+                Ok(m) => {
+                    messages.extend(m);
+                    fits.push(d);
+                }
+                Err(refusal) => {
+                    warn!(identity = entry.identity.id(), reason = %refusal, "telemetry refused");
+                    let condition = match refusal {
+                        message::Refusal::TooLarge => AmqpError::ResourceLimitExceeded,
+                        message::Refusal::Undecodable(_) => AmqpError::DecodeError,
+                    };
+                    let _ = receiver
+                        .reject(&d, error(condition, refusal.to_string()))
+                        .await;
+                }
+            }
         }
-        let messages = fits
-            .iter()
-            .map(|d| message::telemetry(d.message()))
-            .collect();
         match shared.ctx.hub.ingest(&entry.identity, messages).await {
             Ok(()) => {
                 let _ = receiver.accept_all(&fits).await;

@@ -170,6 +170,53 @@ pub(crate) fn telemetry(message: &AmqpMessage) -> Telemetry {
     }
 }
 
+/// The message format of a .NET telemetry batch: one encoded AMQP message per Data section.
+pub(crate) const BATCH_FORMAT: u32 = 0x8001_3700;
+
+/// Why a telemetry delivery is refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("a telemetry message is over the 256 KB limit")]
+    TooLarge,
+    #[error("a message of the batch cannot be decoded: {0}")]
+    Undecodable(String),
+}
+
+/// The telemetry a delivery carries: itself, or the messages of a batch
+/// (message format [`BATCH_FORMAT`], .NET's `SendEventBatchAsync`).
+pub(crate) fn telemetry_of(
+    message: &AmqpMessage,
+    format: Option<u32>,
+) -> Result<Vec<Telemetry>, Refusal> {
+    use fe2o3_amqp::types::messaging::message::DecodeIntoMessage as _;
+    let fits = |m: &Telemetry| m.body.len() <= muster_hub::telemetry::MAX_TELEMETRY;
+    if format != Some(BATCH_FORMAT) {
+        let one = telemetry(message);
+        return if fits(&one) {
+            Ok(vec![one])
+        } else {
+            Err(Refusal::TooLarge)
+        };
+    }
+    let Body::Data(sections) = &message.body else {
+        return Err(Refusal::Undecodable("a batch must be Data sections".into()));
+    };
+    sections
+        .iter()
+        .map(|section| {
+            let reader = serde_amqp::read::SliceReader::new(&section.0);
+            let inner = Body::<Value>::decode_message_from_reader(reader)
+                .map_err(|e| Refusal::Undecodable(e.to_string()))?;
+            let one = telemetry(&inner);
+            if fits(&one) {
+                Ok(one)
+            } else {
+                Err(Refusal::TooLarge)
+            }
+        })
+        .collect()
+}
+
 /// A Data body.
 pub(crate) fn data(bytes: Vec<u8>) -> Body<Value> {
     Body::Data(Batch::new(vec![Data(Binary::from(bytes))]))
