@@ -78,7 +78,7 @@ idle_per_device() {
     bench_calc "($after - $before) / $DEVICES"
 }
 
-hs=() m_conn=() a_conn=() m_eff=() a_eff=() m_rate=() a_rate=() ratio=() m_idle=() a_idle=() m_cpu=() a_cpu=()
+hs=() m_conn=() a_conn=() m_eff=() a_eff=() m_rate=() a_rate=() ratio=() m_idle=() a_idle=() m_cpu=() a_cpu=() m_ccpu=() a_ccpu=()
 for ((r = 1; r <= REPEAT; r++)); do
     bench_log "run $r/$REPEAT: bare mutual-TLS handshakes for ${HANDSHAKE_SECONDS}s"
     "$MUSTER" bench handshake --ca-cert "$CERTS/root-ca.pem" --ca-key "$CERTS/root-ca.key.pem" \
@@ -100,6 +100,17 @@ for ((r = 1; r <= REPEAT; r++)); do
     v=$(bench_get "$WORK/amqp-$r.json" messagesPerSec connectPerSec connected messagesAcked)
     IFS=$'\t' read -r ar ac an aacked <<<"$v"
     [[ $an == "$DEVICES" ]] || bench_warn "AMQP run $r: $an of $DEVICES devices connected"
+
+    bench_log "run $r/$REPEAT: connects only, MQTT then AMQP (server CPU per connect)"
+    conn_only=(--devices "$DEVICES" --concurrency "$CONCURRENCY" --prefix amq- --no-provision
+        --hub-host localhost --duration 0s --source-addresses "$SOURCE_ADDRESSES")
+    c3=$(bench_cpu_seconds "$SERVER_PID")
+    bench_fleet "$WORK/mqtt-connect-$r.json" "${tls[@]}" "${conn_only[@]}" --hub-port "$MQTT_PORT" --transport mqtt
+    c4=$(bench_cpu_seconds "$SERVER_PID")
+    bench_fleet "$WORK/amqp-connect-$r.json" "${tls[@]}" "${conn_only[@]}" --hub-port "$AMQP_PORT" --transport amqp
+    c5=$(bench_cpu_seconds "$SERVER_PID")
+    m_ccpu+=("$(bench_calc "($c4 - $c3) / $DEVICES * 1000")")
+    a_ccpu+=("$(bench_calc "($c5 - $c4) / $DEVICES * 1000")")
 
     bench_log "run $r/$REPEAT: idle memory, MQTT then AMQP"
     idle_per_device mqtt "$WORK/idle-mqtt-$r.json" >"$WORK/idle-mqtt-$r.kib"
@@ -126,6 +137,8 @@ bench_figure "AMQP D2C messages acknowledged" "msg/s" 0 "" "" "" "${a_rate[@]}"
 bench_figure "AMQP / MQTT D2C (same run)" "×" 2 ">=" 0.8 "≥ 0.8×" "${ratio[@]}"
 bench_figure "server CPU per MQTT message (connects included)" "µs" 1 "" "" "" "${m_cpu[@]}"
 bench_figure "server CPU per AMQP message (connects included)" "µs" 1 "" "" "" "${a_cpu[@]}"
+bench_figure "server CPU per MQTT connect (connect-only run)" "ms" 2 "" "" "" "${m_ccpu[@]}"
+bench_figure "server CPU per AMQP connect (connect-only run)" "ms" 2 "" "" "" "${a_ccpu[@]}"
 bench_figure "server memory per idle MQTT device" "KiB" 1 "" "" "" "${m_idle[@]}"
 bench_figure "server memory per idle AMQP device" "KiB" 1 "" "" "" "${a_idle[@]}"
 bench_note "an AMQP connect is TCP + TLS + AMQP header + open + begin + six link attaches (telemetry, C2D, twin pair, method pair) + the twin subscription; an MQTT connect is TCP + TLS + CONNECT + SUBSCRIBE"
