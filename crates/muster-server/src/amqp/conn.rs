@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     mailboxes: Mutex<HashMap<String, Mailbox>>,
     /// Links attached now.
     links: AtomicUsize,
+    /// Held while a client certificate is checked for a device.
+    checking: tokio::sync::Mutex<()>,
     /// Cancelled when the connection ends.
     pub(crate) closing: CancellationToken,
     pub(crate) tracker: tokio_util::task::TaskTracker,
@@ -155,6 +157,7 @@ impl Shared {
             service: Mutex::default(),
             mailboxes: Mutex::default(),
             links: AtomicUsize::new(0),
+            checking: tokio::sync::Mutex::new(()),
             closing: CancellationToken::new(),
             tracker,
         }
@@ -182,9 +185,19 @@ impl Shared {
         }
         let hub = self.ctx.hub.hub_for_host(host);
         let key = identity_key(&hub, device_id, module_id);
-        let known = self.devices.lock().ok().and_then(|d| d.get(&key).cloned());
-        let entry = match known {
-            Some(e) if e.expires().is_none_or(|x| x > now()) && !e.revoked.is_cancelled() => e,
+        let valid = |e: &Arc<DeviceEntry>| {
+            e.expires().is_none_or(|x| x > now()) && !e.revoked.is_cancelled()
+        };
+        let known = || self.devices.lock().ok().and_then(|d| d.get(&key).cloned());
+        if let Some(e) = known().filter(valid) {
+            self.go_live(&e).await;
+            return Ok(e);
+        }
+        // A device attaches its links at once: one of them checks the certificate, the
+        // others wait for its answer instead of checking it again.
+        let _checking = self.checking.lock().await;
+        let entry = match known() {
+            Some(e) if valid(&e) => e,
             _ if !self.chain.is_empty() => {
                 let auth = self
                     .ctx
