@@ -25,11 +25,23 @@ pub(crate) struct Reply {
     pub(crate) retry_after: Option<u32>,
 }
 
-/// A new tracking id (for correlating a device's error with the server log).
+/// A new tracking id (for correlating a device's error with the server log): a random UUID.
 pub(crate) fn tracking_id() -> String {
+    uuid_text(&new_uuid())
+}
+
+/// A new random (version 4) UUID.
+pub(crate) fn new_uuid() -> [u8; 16] {
     let mut b = [0u8; 16];
     let _ = aws_lc_rs::rand::fill(&mut b);
-    let h = muster_pki::hex_upper(&b).to_ascii_lowercase();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+/// RFC 4122 text of 16 bytes.
+pub(crate) fn uuid_text(b: &[u8; 16]) -> String {
+    let h = muster_pki::hex_upper(b).to_ascii_lowercase();
     format!(
         "{}-{}-{}-{}-{}",
         h.get(0..8).unwrap_or_default(),

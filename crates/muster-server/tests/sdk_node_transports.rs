@@ -105,20 +105,6 @@ async fn finish(child: Child) -> Value {
     parse(&out)
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        out.status.success(),
-        "openssl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -395,74 +381,8 @@ async fn node_provisions_over_amqp_with_an_openssl_lab_chain_a_group_key_and_ref
     // X.509 with a chain made by OpenSSL with the lab's certificate profile (certGen.sh's
     // openssl_root_ca.cnf: nsCertType, emailProtection, a 4096-bit root).
     let dir = server.dir.path().to_path_buf();
-    std::fs::write(
-        dir.join("lab.cnf"),
-        "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=x\n[v3_ca]\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always,issuer\nbasicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature,cRLSign,keyCertSign\n[usr_cert]\nbasicConstraints=CA:FALSE\nnsCertType=client,email\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\nkeyUsage=critical,nonRepudiation,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth,emailProtection\n",
-    )
-    .unwrap();
-    openssl(&dir, &["genrsa", "-out", "root.key", "4096"]);
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-new",
-            "-x509",
-            "-config",
-            "lab.cnf",
-            "-extensions",
-            "v3_ca",
-            "-key",
-            "root.key",
-            "-subj",
-            "/CN=Azure IoT Hub CA Cert Test Only",
-            "-days",
-            "30",
-            "-sha256",
-            "-out",
-            "root.pem",
-        ],
-    );
-    openssl(&dir, &["genrsa", "-out", "dev.key", "2048"]);
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-new",
-            "-config",
-            "lab.cnf",
-            "-key",
-            "dev.key",
-            "-subj",
-            "/CN=lab-device-1",
-            "-out",
-            "dev.csr",
-        ],
-    );
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "dev.csr",
-            "-CA",
-            "root.pem",
-            "-CAkey",
-            "root.key",
-            "-CAcreateserial",
-            "-extfile",
-            "lab.cnf",
-            "-extensions",
-            "usr_cert",
-            "-days",
-            "30",
-            "-sha256",
-            "-out",
-            "dev.pem",
-        ],
-    );
-    let root_pem = std::fs::read_to_string(dir.join("root.pem")).unwrap();
-    let root_key = std::fs::read_to_string(dir.join("root.key")).unwrap();
+    let chain = muster_test_support::openssl_lab_chain(&dir, "lab-device-1");
+    let (root_pem, root_key) = (chain.root_pem, chain.root_key_pem);
     dps.upload_verified_ca("lab-root", &root_pem, &root_key)
         .await;
     dps.ok(
@@ -473,8 +393,8 @@ async fn node_provisions_over_amqp_with_an_openssl_lab_chain_a_group_key_and_ref
     )
     .await;
     let (lab_cert, lab_key) = (
-        dir.join("dev.pem").display().to_string(),
-        dir.join("dev.key").display().to_string(),
+        chain.device_cert.display().to_string(),
+        chain.device_key.display().to_string(),
     );
     let ca = server.ca_path();
     let host = format!("localhost:{}", server.amqp_port());

@@ -193,99 +193,19 @@ async fn python_sdk_provisions_x509_devices() {
     assert!(result.to_string().contains("401"), "{result}");
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        out.status.success(),
-        "openssl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the official Python SDK (MUSTER_SDK_PYTHON); run with: bash tests/sdk/run.sh"]
 async fn python_sdk_provisions_an_openssl_lab_profile_device() {
     let py = python();
     let server = server_on(12).await;
     let dir = server.dir.path().to_path_buf();
-    std::fs::write(
-        dir.join("lab.cnf"),
-        "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=x\n[v3_ca]\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always,issuer\nbasicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature,cRLSign,keyCertSign\n[usr_cert]\nbasicConstraints=CA:FALSE\nnsCertType=client,email\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\nkeyUsage=critical,nonRepudiation,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth,emailProtection\n",
-    )
-    .unwrap();
-    openssl(&dir, &["genrsa", "-out", "root.key", "4096"]);
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-new",
-            "-x509",
-            "-config",
-            "lab.cnf",
-            "-extensions",
-            "v3_ca",
-            "-key",
-            "root.key",
-            "-subj",
-            "/CN=Azure IoT Hub CA Cert Test Only",
-            "-days",
-            "30",
-            "-sha256",
-            "-out",
-            "root.pem",
-        ],
-    );
-    openssl(&dir, &["genrsa", "-out", "dev.key", "2048"]);
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-new",
-            "-config",
-            "lab.cnf",
-            "-key",
-            "dev.key",
-            "-subj",
-            "/CN=lab-device-1",
-            "-out",
-            "dev.csr",
-        ],
-    );
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "dev.csr",
-            "-CA",
-            "root.pem",
-            "-CAkey",
-            "root.key",
-            "-CAcreateserial",
-            "-extfile",
-            "lab.cnf",
-            "-extensions",
-            "usr_cert",
-            "-days",
-            "30",
-            "-sha256",
-            "-out",
-            "dev.pem",
-        ],
-    );
-    let root_pem = std::fs::read_to_string(dir.join("root.pem")).unwrap();
-    let root_key = std::fs::read_to_string(dir.join("root.key")).unwrap();
+    let lab = muster_test_support::openssl_lab_chain(&dir, "lab-device-1");
+    let (root_pem, root_key) = (lab.root_pem.clone(), lab.root_key_pem.clone());
     x509_group(&server, &root_pem, &root_key).await;
     let scope = server.id_scope();
     let trust = server.data_dir().join("tls/ca.pem").display().to_string();
-    let cert = dir.join("dev.pem").display().to_string();
-    let key = dir.join("dev.key").display().to_string();
+    let cert = lab.device_cert.display().to_string();
+    let key = lab.device_key.display().to_string();
     let result = tokio::task::spawn_blocking(move || {
         run(
             &py,

@@ -390,3 +390,106 @@ impl Default for Pki {
         Self::new()
     }
 }
+
+/// A root CA and a device certificate made by the `openssl` command line with the profile of
+/// the Azure lab's `certGen.sh` (`openssl_root_ca.cnf`: a 4096-bit root, a device leaf with
+/// nsCertType and emailProtection), as a user following the lab would make them.
+#[derive(Debug)]
+pub struct OpensslLabChain {
+    /// The root's PEM.
+    pub root_pem: String,
+    /// The root's private key (PEM).
+    pub root_key_pem: String,
+    /// The device certificate's file.
+    pub device_cert: std::path::PathBuf,
+    /// The device key's file.
+    pub device_key: std::path::PathBuf,
+}
+
+/// The lab profile's extensions, as `openssl_root_ca.cnf` writes them.
+const LAB_PROFILE: &str = "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=x\n[v3_ca]\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always,issuer\nbasicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature,cRLSign,keyCertSign\n[usr_cert]\nbasicConstraints=CA:FALSE\nnsCertType=client,email\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\nkeyUsage=critical,nonRepudiation,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth,emailProtection\n";
+
+#[allow(clippy::expect_used, reason = "a test fixture fails loudly")]
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Make an [`OpensslLabChain`] in `dir` for the device `common_name`.
+///
+/// # Panics
+/// When `openssl` is missing or fails (a test fixture).
+#[must_use]
+#[allow(clippy::expect_used, reason = "a test fixture fails loudly")]
+pub fn openssl_lab_chain(dir: &std::path::Path, common_name: &str) -> OpensslLabChain {
+    std::fs::write(dir.join("lab.cnf"), LAB_PROFILE).expect("write lab.cnf");
+    openssl(dir, &["genrsa", "-out", "root.key", "4096"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-config",
+            "lab.cnf",
+            "-extensions",
+            "v3_ca",
+            "-key",
+            "root.key",
+            "-subj",
+            "/CN=Azure IoT Hub CA Cert Test Only",
+            "-days",
+            "30",
+            "-sha256",
+            "-out",
+            "root.pem",
+        ],
+    );
+    openssl(dir, &["genrsa", "-out", "dev.key", "2048"]);
+    let subject = format!("/CN={common_name}");
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-config", "lab.cnf", "-key", "dev.key", "-subj", &subject, "-out",
+            "dev.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "dev.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-extfile",
+            "lab.cnf",
+            "-extensions",
+            "usr_cert",
+            "-days",
+            "30",
+            "-sha256",
+            "-out",
+            "dev.pem",
+        ],
+    );
+    OpensslLabChain {
+        root_pem: std::fs::read_to_string(dir.join("root.pem")).expect("root.pem"),
+        root_key_pem: std::fs::read_to_string(dir.join("root.key")).expect("root.key"),
+        device_cert: dir.join("dev.pem"),
+        device_key: dir.join("dev.key"),
+    }
+}

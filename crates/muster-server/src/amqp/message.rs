@@ -35,27 +35,7 @@ pub(crate) fn id_text(id: &MessageId) -> String {
     }
 }
 
-/// RFC 4122 text of 16 bytes.
-pub(crate) fn uuid_text(b: &[u8; 16]) -> String {
-    let h = muster_pki::hex_upper(b).to_ascii_lowercase();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(0..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..32).unwrap_or_default()
-    )
-}
-
-/// A new random (version 4) UUID.
-pub(crate) fn new_uuid() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    b
-}
+pub(crate) use crate::device_api::{new_uuid, uuid_text};
 
 /// A simple value as the string IoT Hub keeps for properties.
 pub(crate) fn simple_text(v: &SimpleValue) -> String {

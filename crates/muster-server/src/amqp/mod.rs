@@ -25,7 +25,6 @@ use fe2o3_amqp::acceptor::ConnectionAcceptor;
 use fe2o3_amqp::acceptor::SessionAcceptor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,37 +53,22 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
-    let failures = crate::accept::AcceptFailures::new("amqp");
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (socket, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tokio::time::sleep(failures.failed(&e)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = socket.set_nodelay(true);
-        let ctx = Arc::clone(&ctx);
-        let acceptor = acceptor.clone();
-        let shutdown = shutdown.clone();
-        let inner = tracker.clone();
-        tracker.spawn(
-            async move {
-                handle(socket, ctx, &acceptor, shutdown, inner).await;
-                drop(permit);
-            }
-            .instrument(info_span!("amqp", %peer)),
-        );
-    }
-    debug!("AMQP listener stopped");
+    let max = ctx.limits.max_connections;
+    let (stop, inner) = (shutdown.clone(), tracker.clone());
+    crate::accept::serve(
+        listener,
+        "amqp",
+        max,
+        shutdown,
+        tracker,
+        |peer| info_span!("amqp", %peer),
+        move |socket| {
+            let (ctx, acceptor) = (Arc::clone(&ctx), acceptor.clone());
+            let (shutdown, tracker) = (stop.clone(), inner.clone());
+            async move { handle(socket, ctx, &acceptor, shutdown, tracker).await }
+        },
+    )
+    .await;
 }
 
 async fn handle(

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use muster_mqtt::Packet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, info_span, warn};
 
 use crate::Context;
 use muster_mqtt::framed::Framed as Connection;
@@ -33,37 +32,21 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
-    let failures = crate::accept::AcceptFailures::new("mqtt");
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (socket, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tokio::time::sleep(failures.failed(&e)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = socket.set_nodelay(true);
-        let ctx = Arc::clone(&ctx);
-        let acceptor = acceptor.clone();
-        let shutdown = shutdown.clone();
-        let span = info_span!("mqtt", %peer, registration_id = tracing::field::Empty);
-        tracker.spawn(
-            async move {
-                handle(socket, &ctx, &acceptor, &shutdown).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
-    debug!("MQTT listener stopped");
+    let max = ctx.limits.max_connections;
+    let stop = shutdown.clone();
+    crate::accept::serve(
+        listener,
+        "mqtt",
+        max,
+        shutdown,
+        tracker,
+        |peer| info_span!("mqtt", %peer, registration_id = tracing::field::Empty),
+        move |socket| {
+            let (ctx, acceptor, shutdown) = (Arc::clone(&ctx), acceptor.clone(), stop.clone());
+            async move { handle(socket, &ctx, &acceptor, &shutdown).await }
+        },
+    )
+    .await;
 }
 
 async fn handle(
