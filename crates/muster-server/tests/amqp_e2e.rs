@@ -88,6 +88,32 @@ async fn put_token(
     }
 }
 
+/// A plain-AMQP connection with one session and the `$cbs` link pair.
+async fn cbs_session(
+    server: &TestServer,
+    container: &str,
+) -> (
+    fe2o3_amqp::connection::ConnectionHandle<()>,
+    fe2o3_amqp::session::SessionHandle<()>,
+    Sender,
+    Receiver,
+) {
+    let mut connection = Connection::builder()
+        .container_id(container)
+        .hostname("localhost")
+        .open_with_stream(tls(server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
+        .await
+        .unwrap();
+    let cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
+        .await
+        .unwrap();
+    (connection, session, cbs_out, cbs_in)
+}
+
 #[tokio::test]
 async fn cbs_tokens_authorize_devices_and_foreign_addresses_are_refused() {
     let server = TestServer::start().await;
@@ -259,19 +285,7 @@ async fn garbage_closes_only_its_own_connection() {
     // The server still serves a good client.
     let hub = server.hub_rest();
     let token = hub.sas_device("after").await;
-    let mut connection = Connection::builder()
-        .container_id("good")
-        .hostname("localhost")
-        .open_with_stream(tls(&server).await)
-        .await
-        .unwrap();
-    let mut session = Session::begin(&mut connection).await.unwrap();
-    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
-        .await
-        .unwrap();
-    let mut cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
-        .await
-        .unwrap();
+    let (mut connection, _session, mut cbs_out, mut cbs_in) = cbs_session(&server, "good").await;
     let status = put_token(&mut cbs_out, &mut cbs_in, "localhost/devices/after", &token).await;
     assert_eq!(status, Value::Int(200));
     connection.close().await.unwrap();
@@ -465,19 +479,8 @@ async fn a_service_login_sends_c2d_and_reads_feedback_and_modules_send_telemetry
         exp,
     )
     .unwrap();
-    let mut connection = Connection::builder()
-        .container_id("module")
-        .hostname("localhost")
-        .open_with_stream(tls(&server).await)
-        .await
-        .unwrap();
-    let mut session = Session::begin(&mut connection).await.unwrap();
-    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
-        .await
-        .unwrap();
-    let mut cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
-        .await
-        .unwrap();
+    let (mut connection, mut session, mut cbs_out, mut cbs_in) =
+        cbs_session(&server, "module").await;
     let status = put_token(
         &mut cbs_out,
         &mut cbs_in,
@@ -562,19 +565,8 @@ async fn a_dotnet_telemetry_batch_becomes_one_event_per_message() {
     let server = TestServer::start().await;
     let hub = server.hub_rest();
     let token = hub.sas_device("batcher").await;
-    let mut connection = Connection::builder()
-        .container_id("dotnet")
-        .hostname("localhost")
-        .open_with_stream(tls(&server).await)
-        .await
-        .unwrap();
-    let mut session = Session::begin(&mut connection).await.unwrap();
-    let mut cbs_out = Sender::attach(&mut session, "cbs-out", "$cbs")
-        .await
-        .unwrap();
-    let mut cbs_in = Receiver::attach(&mut session, "cbs-in", "$cbs")
-        .await
-        .unwrap();
+    let (mut connection, mut session, mut cbs_out, mut cbs_in) =
+        cbs_session(&server, "dotnet").await;
     let status = put_token(
         &mut cbs_out,
         &mut cbs_in,
