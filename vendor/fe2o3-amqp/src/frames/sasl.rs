@@ -62,6 +62,15 @@ impl Decoder for FrameCodec {
         use bytes::Buf;
         use serde_amqp::de::Deserializer;
 
+        // muster patch: a frame whose declared size is under the 8-byte header leaves fewer
+        // than the four header bytes read below; refuse it instead of panicking.
+        if src.len() < 4 {
+            return Err(Error::DecodeError(format!(
+                "a frame of {} bytes is shorter than its header",
+                src.len() + 4
+            )));
+        }
+
         let doff = src.get_u8();
         let ftype = src.get_u8();
         let _ignored = src.get_u16();
