@@ -105,6 +105,45 @@ async fn finish(child: Child) -> Value {
     parse(&out)
 }
 
+/// Create the SAS device `id` and return its connection string for `host`.
+async fn device_connection_string(hub: &Rest, host: &str, id: &str) -> String {
+    let d = hub
+        .ok(
+            Method::PUT,
+            &format!("/devices/{id}"),
+            Some(json!({"deviceId": id})),
+            &[],
+        )
+        .await;
+    let key = d["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    format!("HostName={host};DeviceId={id};SharedAccessKey={key}")
+}
+
+/// Create the symmetric-key enrollment group `sas` and return its primary key.
+async fn sas_group_key(dps: &Rest) -> String {
+    dps.ok(
+        Method::PUT,
+        "/enrollmentGroups/sas",
+        Some(json!({"attestation": {"type": "symmetricKey"}})),
+        &[],
+    )
+    .await;
+    let att = dps
+        .ok(
+            Method::POST,
+            "/enrollmentGroups/sas/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    att["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -291,18 +330,7 @@ async fn node_devices_use_the_hub_over_amqp_with_sas_and_x509() {
     let host = format!("localhost:{}", server.amqp_port());
 
     // SAS: CBS put-token on the connection.
-    let d = hub
-        .ok(
-            Method::PUT,
-            "/devices/amqp-sas",
-            Some(json!({"deviceId": "amqp-sas"})),
-            &[],
-        )
-        .await;
-    let key = d["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap();
-    let cs = format!("HostName={host};DeviceId=amqp-sas;SharedAccessKey={key}");
+    let cs = device_connection_string(&hub, &host, "amqp-sas").await;
     let ca_arg = ca.display().to_string();
     let args = [
         "--transport",
@@ -422,22 +450,7 @@ async fn node_provisions_over_amqp_with_an_openssl_lab_chain_a_group_key_and_ref
     .await;
     assert_eq!(lab["ok"], true, "{lab}");
     assert_eq!(lab["deviceId"], "lab-device-1");
-    dps.ok(
-        Method::PUT,
-        "/enrollmentGroups/sas",
-        Some(json!({"attestation": {"type": "symmetricKey"}})),
-        &[],
-    )
-    .await;
-    let att = dps
-        .ok(
-            Method::POST,
-            "/enrollmentGroups/sas/attestationmechanism",
-            None,
-            &[],
-        )
-        .await;
-    let group_key = att["symmetricKey"]["primaryKey"].as_str().unwrap();
+    let group_key = &sas_group_key(&dps).await;
     let sas = node(
         "provision.js",
         &ca,
@@ -511,18 +524,7 @@ async fn node_service_sends_c2d_over_amqp_and_reads_feedback() {
     let hub = server.hub_rest();
     let ca = server.ca_path();
     let amqp = server.amqp_port();
-    let d = hub
-        .ok(
-            Method::PUT,
-            "/devices/fb-1",
-            Some(json!({"deviceId": "fb-1"})),
-            &[],
-        )
-        .await;
-    let key = d["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap();
-    let device_cs = format!("HostName=localhost:{amqp};DeviceId=fb-1;SharedAccessKey={key}");
+    let device_cs = device_connection_string(&hub, &format!("localhost:{amqp}"), "fb-1").await;
     let ca_arg = ca.display().to_string();
     let (device, _) = spawn_ready(
         "hub_device.js",
@@ -662,18 +664,7 @@ async fn node_devices_and_dps_use_websockets_on_443() {
     let ca_arg = ca.display().to_string();
     for transport in ["mqtt-ws", "amqp-ws"] {
         let id = format!("ws-{transport}");
-        let d = hub
-            .ok(
-                Method::PUT,
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-                &[],
-            )
-            .await;
-        let key = d["authentication"]["symmetricKey"]["primaryKey"]
-            .as_str()
-            .unwrap();
-        let cs = format!("HostName={host};DeviceId={id};SharedAccessKey={key}");
+        let cs = device_connection_string(&hub, host, &id).await;
         let args = [
             "--transport",
             transport,
@@ -697,18 +688,7 @@ async fn node_devices_and_dps_use_websockets_on_443() {
 
     // The HTTPS device API (no twin or methods over HTTPS): telemetry, then a C2D message,
     // rejected.
-    let d = hub
-        .ok(
-            Method::PUT,
-            "/devices/http-1",
-            Some(json!({"deviceId": "http-1"})),
-            &[],
-        )
-        .await;
-    let key = d["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap();
-    let cs = format!("HostName={host};DeviceId=http-1;SharedAccessKey={key}");
+    let cs = device_connection_string(&hub, host, "http-1").await;
     let (child, _) = spawn_ready(
         "hub_device.js",
         &ca,
@@ -755,22 +735,7 @@ async fn node_devices_and_dps_use_websockets_on_443() {
         &[],
     )
     .await;
-    dps.ok(
-        Method::PUT,
-        "/enrollmentGroups/sas",
-        Some(json!({"attestation": {"type": "symmetricKey"}})),
-        &[],
-    )
-    .await;
-    let att = dps
-        .ok(
-            Method::POST,
-            "/enrollmentGroups/sas/attestationmechanism",
-            None,
-            &[],
-        )
-        .await;
-    let group_key = att["symmetricKey"]["primaryKey"].as_str().unwrap();
+    let group_key = &sas_group_key(&dps).await;
     let work = server.dir.path();
     let cert = write(
         work,
