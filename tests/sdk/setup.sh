@@ -45,7 +45,7 @@ fi
 rm -f "$marker"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2
 # Sanity check: the SDK imports.
-"$venv/bin/python" -c 'import azure.iot.device, azure.iot.hub' >&2
+"$venv/bin/python" -c 'import azure.iot.device, azure.iot.hub, azure.eventhub' >&2
 echo "$want" > "$marker"
 
 echo "$venv/bin/python"

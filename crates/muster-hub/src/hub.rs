@@ -35,7 +35,11 @@ pub struct Hub {
     cas: Arc<dyn CaSource>,
     hostnames: Vec<String>,
     resource_hosts: Vec<String>,
+    partitions: u32,
 }
+
+/// Event Hubs partitions per hub unless configured otherwise (IoT Hub's default is 4).
+pub const DEFAULT_PARTITIONS: u32 = 4;
 
 impl Hub {
     /// A hub core.
@@ -60,7 +64,21 @@ impl Hub {
             cas,
             hostnames,
             resource_hosts,
+            partitions: DEFAULT_PARTITIONS,
         }
+    }
+
+    /// Spread each hub's device-to-cloud messages over `partitions` partitions (at least 1).
+    #[must_use]
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions.max(1);
+        self
+    }
+
+    /// The built-in endpoint's partition count.
+    #[must_use]
+    pub fn partitions(&self) -> u32 {
+        self.partitions
     }
 
     /// The registry (identities, twins, queries).
@@ -79,6 +97,12 @@ impl Hub {
     #[must_use]
     pub fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    /// The logical hubs' host names, the default first.
+    #[must_use]
+    pub fn hostnames(&self) -> &[String] {
+        &self.hostnames
     }
 
     /// Lower-case names a SAS token may name for this server.
@@ -212,9 +236,10 @@ impl Hub {
             return Err(IngestError::TooLarge { size: m.body.len() });
         }
         let now = time::OffsetDateTime::now_utc();
-        let appends = batch
-            .into_iter()
-            .map(|m| self.events.append(to_event(sender, m, now)));
+        let appends = batch.into_iter().map(|m| {
+            self.events
+                .append(to_event(sender, m, now, self.partitions))
+        });
         for result in futures_util::future::join_all(appends).await {
             result.map_err(IngestError::Unavailable)?;
         }

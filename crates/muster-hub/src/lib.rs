@@ -36,6 +36,7 @@ pub mod activity;
 pub mod auth;
 pub mod c2d;
 pub mod docs;
+pub mod eventhub;
 pub mod feedback;
 pub mod hub;
 pub mod identity;

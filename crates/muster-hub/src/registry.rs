@@ -65,6 +65,12 @@ pub enum HubError {
     #[error("cannot generate a key: the system has no randomness")]
     NoRandomness,
     /// 500.
+    /// Something other than a device or module does not exist (a consumer group, a route, …).
+    #[error("{0}")]
+    NotFound(String),
+    /// Something other than a device or module exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("internal storage error")]
     Store(#[source] StoreError),
     /// 500: a stored document does not have the shape it should.
@@ -93,10 +99,15 @@ impl HubError {
             Self::Twin(TwinError::TooLarge { .. }) | Self::MessageTooLarge(_) => 413,
             Self::Twin(_) => 400,
             Self::Unauthorized => 401,
-            Self::DeviceNotFound(_) | Self::DeviceNotOnline(_) | Self::ModuleNotFound(_) => 404,
+            Self::DeviceNotFound(_)
+            | Self::DeviceNotOnline(_)
+            | Self::ModuleNotFound(_)
+            | Self::NotFound(_) => 404,
             Self::GatewayTimeout(_) => 504,
             Self::QueueFull(_) => 403,
-            Self::DeviceAlreadyExists(_) | Self::ModuleAlreadyExists(_) => 409,
+            Self::DeviceAlreadyExists(_)
+            | Self::ModuleAlreadyExists(_)
+            | Self::AlreadyExists(_) => 409,
             Self::PreconditionFailed | Self::MessageLockLost => 412,
             Self::Store(_) | Self::NoRandomness | Self::Corrupt(_) => 500,
         }
@@ -118,6 +129,8 @@ impl HubError {
             Self::PreconditionFailed => "PreconditionFailed",
             Self::MessageLockLost => "DeviceMessageLockLost",
             Self::MessageTooLarge(_) => "MessageTooLarge",
+            Self::NotFound(_) => "NotFound",
+            Self::AlreadyExists(_) => "Conflict",
             Self::Store(_) | Self::NoRandomness | Self::Corrupt(_) => "ServerError",
         }
     }

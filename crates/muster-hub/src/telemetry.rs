@@ -85,9 +85,15 @@ pub enum IngestError {
     Unavailable(#[source] muster_store::StoreError),
 }
 
-/// The event for `message` from `sender`, enqueued at `now`.
+/// The event for `message` from `sender`, enqueued at `now`, in its device's partition of
+/// `partitions`.
 #[must_use]
-pub fn to_event(sender: &Identity, message: Telemetry, now: time::OffsetDateTime) -> NewEvent {
+pub fn to_event(
+    sender: &Identity,
+    message: Telemetry,
+    now: time::OffsetDateTime,
+    partitions: u32,
+) -> NewEvent {
     let enqueued = time_fmt::azure(now);
     let mut system = vec![
         (
@@ -114,7 +120,8 @@ pub fn to_event(sender: &Identity, message: Telemetry, now: time::OffsetDateTime
         system_properties: system,
         body: message.body,
         enqueued,
-        enqueued_unix: now.unix_timestamp(),
+        enqueued_ms: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+        partition: muster_store::events::partition_of(sender.device_id.as_str(), partitions),
     }
 }
 
@@ -141,7 +148,7 @@ mod tests {
             body: b"{}".to_vec(),
         };
         let at = time::macros::datetime!(2026-01-02 03:04:05 UTC);
-        let e = to_event(&sender, message, at);
+        let e = to_event(&sender, message, at, 4);
         assert_eq!(e.hub, "hub.local");
         assert_eq!(e.module_id.as_deref(), Some("m1"));
         let get = |k: &str| {
@@ -162,6 +169,7 @@ mod tests {
             e.properties,
             vec![("temperatureAlert".into(), "true".into())]
         );
-        assert_eq!(e.enqueued_unix, at.unix_timestamp());
+        assert_eq!(e.enqueued_ms, at.unix_timestamp() * 1000);
+        assert_eq!(e.partition, muster_store::events::partition_of("d1", 4));
     }
 }

@@ -60,6 +60,9 @@ rate_limit = 0
 [hub]
 # How long device-to-cloud messages stay readable in the built-in event log.
 event_retention = "1d"
+# Partitions of each hub's built-in Event Hubs-compatible endpoint (1-32). A device's messages
+# always go to the same partition (a hash of its id); changing the count moves devices.
+partitions = 4
 "#;
 
 /// Listener and resource limits.
@@ -121,12 +124,15 @@ pub struct HubSettings {
     /// How long events are kept.
     #[serde(deserialize_with = "duration")]
     pub event_retention: Duration,
+    /// Partitions of the built-in endpoint.
+    pub partitions: u32,
 }
 
 impl Default for HubSettings {
     fn default() -> Self {
         Self {
             event_retention: Duration::from_secs(86_400),
+            partitions: muster_hub::hub::DEFAULT_PARTITIONS,
         }
     }
 }
@@ -223,6 +229,11 @@ impl Config {
         if self.limits.connect_timeout.is_zero() {
             return Err(ConfigError(
                 "limits.connect_timeout must be positive".into(),
+            ));
+        }
+        if !(1..=32).contains(&self.hub.partitions) {
+            return Err(ConfigError(
+                "hub.partitions must be between 1 and 32 (IoT Hub allows 2 to 32)".into(),
             ));
         }
         Ok(())

@@ -68,6 +68,10 @@ pub struct Context {
     pub(crate) limits: Limits,
     pub(crate) id_scope: String,
     pub(crate) state: State,
+    /// Event Hubs receivers per partition (epochs, limits).
+    pub(crate) readers: amqp::eventhub::Readers,
+    /// When the hub was created (the data directory's state), Unix milliseconds.
+    pub(crate) created_ms: i64,
 }
 
 /// Start-up failures.
@@ -210,7 +214,8 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
         Arc::new(wiring::DpsCas(dps.clone())),
         config.hostnames.clone(),
         resource_hosts,
-    );
+    )
+    .with_partitions(config.hub.partitions);
     let ctx = Arc::new(Context {
         dps,
         hub,
@@ -221,9 +226,20 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
         limits: config.limits.clone(),
         id_scope: state.id_scope.clone(),
         state: state.clone(),
+        readers: amqp::eventhub::Readers::default(),
+        created_ms: created_ms(&paths),
     });
 
     Ok((ctx, paths, state))
+}
+
+/// When the data directory's state was first written, Unix milliseconds (now when unknown).
+fn created_ms(paths: &Paths) -> i64 {
+    let at = std::fs::metadata(&paths.dir)
+        .and_then(|m| m.created().or_else(|_| m.modified()))
+        .unwrap_or_else(|_| std::time::SystemTime::now());
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Raise this process's soft limit on open files to its hard limit (each device connection is
@@ -380,6 +396,7 @@ fn write_endpoint(
         "httpsPort": ports.https,
         "amqpPort": ports.amqp,
         "portalPort": ports.portal,
+        "partitions": config.hub.partitions,
         "pid": std::process::id(),
     });
     std::fs::write(&path, endpoint.to_string()).map_err(|source| ServerError::Io {
@@ -409,6 +426,21 @@ pub fn info(config: &Config, paths: &Paths, state: &State, ports: Ports) -> Valu
         })
     };
     let trust = std::fs::canonicalize(paths.ca()).unwrap_or_else(|_| paths.ca());
+    // The built-in endpoint, as `az iot hub connection-string show --default-eventhub` gives it.
+    // No port on 5671: the Python client keeps a port in every CBS audience and always dials
+    // 5671 (`../shared/spec/event-hubs-wire.md` §1).
+    let eh_endpoint = if ports.amqp == 5671 {
+        format!("sb://{host}/")
+    } else {
+        format!("sb://{host}:{}/", ports.amqp)
+    };
+    let eh_name = muster_hub::eventhub::entity_name(host);
+    let eh_cs = state.policy("service").map(|p| {
+        format!(
+            "Endpoint={eh_endpoint};SharedAccessKeyName={};SharedAccessKey={};EntityPath={eh_name}",
+            p.name, p.primary_key
+        )
+    });
     json!({
         "idScope": state.id_scope,
         "hostname": host,
@@ -421,6 +453,10 @@ pub fn info(config: &Config, paths: &Paths, state: &State, ports: Ports) -> Valu
         "trustBundle": trust,
         "hubConnectionString": cs("iothubowner"),
         "dpsConnectionString": cs(bootstrap::DPS_POLICY),
+        "eventHubsConnectionString": eh_cs,
+        "eventHubsCompatibleName": eh_name,
+        "eventHubsCompatibleEndpoint": eh_endpoint,
+        "partitions": config.hub.partitions,
         "hubs": config.hostnames.iter().map(|h| json!({"name": h, "hostname": h})).collect::<Vec<_>>(),
     })
 }

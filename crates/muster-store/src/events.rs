@@ -35,17 +35,63 @@ pub struct NewEvent {
     pub body: Vec<u8>,
     /// Enqueued time, Azure format.
     pub enqueued: String,
-    /// Enqueued time, Unix seconds (for retention).
-    pub enqueued_unix: i64,
+    /// Enqueued time, Unix milliseconds (start positions, retention).
+    pub enqueued_ms: i64,
+    /// The Event Hubs partition the message belongs to (the hub chooses it from the device
+    /// id, so one device's messages stay in order).
+    pub partition: u32,
 }
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// Position in the log (1, 2, 3, …).
+    /// Position in the log (1, 2, 3, …), across partitions; the Event Hubs offset.
     pub sequence: u64,
+    /// Position in its partition (0, 1, 2, …); the Event Hubs sequence number.
+    pub partition_sequence: i64,
     /// The message.
     pub event: NewEvent,
+}
+
+/// Where a partition reader starts, as the Event Hubs start positions name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// After (or at, when inclusive) an offset; offset `-1` is the start of the partition.
+    Offset {
+        /// The offset (an [`Event::sequence`]).
+        offset: i64,
+        /// Include the event at the offset itself.
+        inclusive: bool,
+    },
+    /// After (or at) a sequence number of the partition.
+    Sequence {
+        /// The sequence number (an [`Event::partition_sequence`]).
+        sequence: i64,
+        /// Include the event with that number.
+        inclusive: bool,
+    },
+    /// Enqueued after (or at) a time, Unix milliseconds.
+    Enqueued {
+        /// The time.
+        millis: i64,
+        /// Include events enqueued at exactly that millisecond.
+        inclusive: bool,
+    },
+}
+
+/// What a partition holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionInfo {
+    /// The oldest sequence number still kept (the next one to be written, when empty).
+    pub begin_sequence: i64,
+    /// The newest sequence number, `-1` when the partition never held anything.
+    pub last_sequence: i64,
+    /// The newest event's offset, `-1` when none.
+    pub last_offset: i64,
+    /// The newest event's enqueued time, Unix milliseconds (0 when none).
+    pub last_enqueued_ms: i64,
+    /// No event is kept.
+    pub is_empty: bool,
 }
 
 /// The event log interface.
@@ -62,6 +108,16 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
         device: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
+    /// Up to `limit` events of one partition of `hub` from `start`, in partition order.
+    async fn read_partition(
+        &self,
+        hub: &str,
+        partition: u32,
+        start: Start,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// What partition `partition` of `hub` holds.
+    async fn partition_info(&self, hub: &str, partition: u32) -> Result<PartitionInfo, StoreError>;
     /// The last sequence number written (0 when empty).
     fn latest(&self) -> u64;
     /// Notified with the latest sequence number after every commit.
@@ -118,6 +174,7 @@ impl SqliteEventLog {
                  CREATE INDEX IF NOT EXISTS events_by_time ON events (enqueued_unix);",
             )
             .map_err(backend)?;
+        migrate(&writer).map_err(backend)?;
         let last: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
             .map_err(backend)?;
@@ -147,6 +204,63 @@ impl SqliteEventLog {
     }
 }
 
+/// Partitions given to events written before the log had partitions.
+const LEGACY_PARTITIONS: u32 = 4;
+
+/// Add the partition columns to a log made by an older muster, and place its events: each in
+/// its device's partition of the default count, numbered in arrival order.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_partition = conn
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'partition'")?
+        .exists([])?;
+    if !has_partition {
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN partition INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE events ADD COLUMN pseq INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE events ADD COLUMN enqueued_ms INTEGER NOT NULL DEFAULT 0;
+             UPDATE events SET enqueued_ms = enqueued_unix * 1000;",
+        )?;
+        let rows: Vec<(i64, String, String)> = conn
+            .prepare("SELECT seq, hub, device_id FROM events ORDER BY seq")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut next: std::collections::HashMap<(String, u32), i64> = Default::default();
+        let mut update =
+            conn.prepare("UPDATE events SET partition = ?1, pseq = ?2 WHERE seq = ?3")?;
+        for (seq, hub, device) in rows {
+            let p = partition_of(&device, LEGACY_PARTITIONS);
+            let n = next.entry((hub, p)).or_insert(0);
+            update.execute(params![p, *n, seq])?;
+            *n += 1;
+        }
+    }
+    // The next sequence number per partition outlives the events (retention may empty a
+    // partition; its numbers never go back).
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS events_by_partition ON events (hub, partition, pseq);
+         CREATE TABLE IF NOT EXISTS partitions (
+            hub TEXT NOT NULL,
+            partition INTEGER NOT NULL,
+            next INTEGER NOT NULL,
+            PRIMARY KEY (hub, partition)
+         );
+         INSERT OR IGNORE INTO partitions (hub, partition, next)
+            SELECT hub, partition, MAX(pseq) + 1 FROM events GROUP BY hub, partition;",
+    )
+}
+
+/// The partition of a device's messages: FNV-1a of the device id, modulo `partitions`.
+/// Stable across versions and machines (a log written by one node is read by another).
+#[must_use]
+pub fn partition_of(device_id: &str, partitions: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in device_id.as_bytes() {
+        hash ^= u32::from(*b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % partitions.max(1)
+}
+
 fn props_json(pairs: &[(String, String)]) -> String {
     let m: Map<String, Value> = pairs
         .iter()
@@ -172,6 +286,8 @@ fn writer_loop(
     retention: Duration,
 ) {
     let mut last_sweep = std::time::Instant::now();
+    // The next sequence number per (hub, partition), loaded on first use.
+    let mut next_pseq: std::collections::HashMap<(String, u32), i64> = Default::default();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -180,26 +296,49 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // Partition numbers advance only when the batch commits.
+        let mut numbering = std::collections::HashMap::new();
         let result = (|| -> rusqlite::Result<Vec<u64>> {
             let tx = conn.transaction()?;
             let mut seqs = Vec::with_capacity(batch.len());
             {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT INTO events (hub, device_id, module_id, enqueued, enqueued_unix, properties, system_properties, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO events (hub, device_id, module_id, enqueued, enqueued_unix, properties, system_properties, body, partition, pseq, enqueued_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                let mut last = tx.prepare_cached(
+                    "SELECT COALESCE((SELECT next FROM partitions WHERE hub = ?1 AND partition = ?2), 0)",
                 )?;
                 for (e, _) in &batch {
+                    let key = (e.hub.clone(), e.partition);
+                    let pseq = match numbering.get(&key).or_else(|| next_pseq.get(&key)) {
+                        Some(n) => *n,
+                        None => {
+                            last.query_row(params![e.hub, e.partition], |r| r.get::<_, i64>(0))?
+                        }
+                    };
+                    numbering.insert(key, pseq + 1);
                     stmt.execute(params![
                         e.hub,
                         e.device_id,
                         e.module_id,
                         e.enqueued,
-                        e.enqueued_unix,
+                        e.enqueued_ms.div_euclid(1000),
                         props_json(&e.properties),
                         props_json(&e.system_properties),
-                        e.body
+                        e.body,
+                        e.partition,
+                        pseq,
+                        e.enqueued_ms
                     ])?;
                     seqs.push(u64::try_from(tx.last_insert_rowid()).unwrap_or(0));
+                }
+                let mut save = tx.prepare_cached(
+                    "INSERT INTO partitions (hub, partition, next) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (hub, partition) DO UPDATE SET next = excluded.next",
+                )?;
+                for ((hub, partition), next) in &numbering {
+                    save.execute(params![hub, partition, next])?;
                 }
             }
             tx.commit()?;
@@ -207,6 +346,7 @@ fn writer_loop(
         })();
         match result {
             Ok(seqs) => {
+                next_pseq.extend(numbering);
                 if let Some(last) = seqs.last() {
                     latest.send_replace(*last);
                 }
@@ -230,6 +370,25 @@ fn writer_loop(
             );
         }
     }
+}
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let enqueued_ms: i64 = r.get(5)?;
+    Ok(Event {
+        sequence: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+        partition_sequence: r.get(10)?,
+        event: NewEvent {
+            hub: r.get(1)?,
+            device_id: r.get(2)?,
+            module_id: r.get(3)?,
+            enqueued: r.get(4)?,
+            enqueued_ms,
+            properties: props_from(&r.get::<_, String>(6)?),
+            system_properties: props_from(&r.get::<_, String>(7)?),
+            body: r.get(8)?,
+            partition: r.get(9)?,
+        },
+    })
 }
 
 #[async_trait]
@@ -260,28 +419,103 @@ impl EventLog for SqliteEventLog {
             let conn = reader.lock().map_err(|_| backend(Message("event log reader poisoned".into())))?;
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, hub, device_id, module_id, enqueued, enqueued_unix, properties, system_properties, body
+                    "SELECT seq, hub, device_id, module_id, enqueued, enqueued_ms, properties, system_properties, body, partition, pseq
                      FROM events WHERE hub = ?1 AND seq > ?2 AND (?3 IS NULL OR device_id = ?3) ORDER BY seq LIMIT ?4",
                 )
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![hub, after, device, limit], |r| {
-                    Ok(Event {
-                        sequence: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                        event: NewEvent {
-                            hub: r.get(1)?,
-                            device_id: r.get(2)?,
-                            module_id: r.get(3)?,
-                            enqueued: r.get(4)?,
-                            enqueued_unix: r.get(5)?,
-                            properties: props_from(&r.get::<_, String>(6)?),
-                            system_properties: props_from(&r.get::<_, String>(7)?),
-                            body: r.get(8)?,
-                        },
+                .query_map(params![hub, after, device, limit], event_row)
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn read_partition(
+        &self,
+        hub: &str,
+        partition: u32,
+        start: Start,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let hub = hub.to_ascii_lowercase();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Each start position is one range condition on the partition's rows.
+        let (column, bound) = match start {
+            Start::Offset { offset, inclusive } => ("seq", (offset, inclusive)),
+            Start::Sequence {
+                sequence,
+                inclusive,
+            } => ("pseq", (sequence, inclusive)),
+            Start::Enqueued { millis, inclusive } => ("enqueued_ms", (millis, inclusive)),
+        };
+        let op = if bound.1 { ">=" } else { ">" };
+        let sql = format!(
+            "SELECT seq, hub, device_id, module_id, enqueued, enqueued_ms, properties, system_properties, body, partition, pseq
+             FROM events WHERE hub = ?1 AND partition = ?2 AND {column} {op} ?3 ORDER BY pseq LIMIT ?4"
+        );
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| backend(Message("event log reader poisoned".into())))?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![hub, partition, bound.0, limit], event_row)
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn partition_info(&self, hub: &str, partition: u32) -> Result<PartitionInfo, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let hub = hub.to_ascii_lowercase();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| backend(Message("event log reader poisoned".into())))?;
+            let next: i64 = conn
+                .prepare_cached(
+                    "SELECT COALESCE((SELECT next FROM partitions WHERE hub = ?1 AND partition = ?2), 0)",
+                )
+                .and_then(|mut s| s.query_row(params![hub, partition], |r| r.get(0)))
+                .map_err(backend)?;
+            let first: Option<i64> = conn
+                .prepare_cached("SELECT MIN(pseq) FROM events WHERE hub = ?1 AND partition = ?2")
+                .and_then(|mut s| s.query_row(params![hub, partition], |r| r.get(0)))
+                .map_err(backend)?;
+            let last = conn
+                .prepare_cached(
+                    "SELECT pseq, seq, enqueued_ms FROM events WHERE hub = ?1 AND partition = ?2 ORDER BY pseq DESC LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![hub, partition], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    })
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
                     })
                 })
                 .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            Ok(match (first, last) {
+                (Some(begin), Some((pseq, seq, ms))) => PartitionInfo {
+                    begin_sequence: begin,
+                    last_sequence: pseq,
+                    last_offset: seq,
+                    last_enqueued_ms: ms,
+                    is_empty: false,
+                },
+                _ => PartitionInfo {
+                    begin_sequence: next,
+                    last_sequence: next - 1,
+                    last_offset: -1,
+                    last_enqueued_ms: 0,
+                    is_empty: true,
+                },
+            })
         })
         .await
         .map_err(backend)?

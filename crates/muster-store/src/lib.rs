@@ -63,11 +63,18 @@ pub enum Collection {
     /// identity documents so identity etags change only on identity writes (key: the
     /// identity's key; index: hub).
     Connections,
+    /// Consumer groups of a hub's built-in endpoint (key: `{hub}/{group, lower case}`; index:
+    /// hub).
+    ConsumerGroups,
+    /// Message routes (key: `{hub}/{route name, lower case}`; index: hub).
+    Routes,
+    /// Custom routing endpoints (key: `{hub}/{endpoint name, lower case}`; index: hub).
+    Endpoints,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::CaCertificates,
         Self::EnrollmentGroups,
         Self::Enrollments,
@@ -78,6 +85,9 @@ impl Collection {
         Self::Modules,
         Self::Sessions,
         Self::Connections,
+        Self::ConsumerGroups,
+        Self::Routes,
+        Self::Endpoints,
     ];
 
     /// The stable name used in storage.
@@ -94,6 +104,9 @@ impl Collection {
             Self::Modules => "modules",
             Self::Sessions => "sessions",
             Self::Connections => "connections",
+            Self::ConsumerGroups => "consumer_groups",
+            Self::Routes => "routes",
+            Self::Endpoints => "endpoints",
         }
     }
 }

@@ -88,7 +88,8 @@ async fn event_log_appends_in_order_reads_from_any_point_and_survives_reopen() {
         system_properties: vec![("message-id".into(), format!("m{n}"))],
         body: format!("{{\"n\":{n}}}").into_bytes(),
         enqueued: "2026-01-01T00:00:00.0000000Z".into(),
-        enqueued_unix: i64::try_from(time_now()).unwrap(),
+        enqueued_ms: i64::try_from(time_now()).unwrap() * 1000 + i64::try_from(n).unwrap(),
+        partition: muster_store::events::partition_of(device, 4),
     };
     {
         let log = SqliteEventLog::open(&path, std::time::Duration::from_secs(86_400)).unwrap();
@@ -136,4 +137,125 @@ fn time_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+fn partition_event(device: &str, n: i64, partition: u32) -> muster_store::events::NewEvent {
+    muster_store::events::NewEvent {
+        hub: "hub.local".into(),
+        device_id: device.into(),
+        module_id: None,
+        properties: vec![],
+        system_properties: vec![],
+        body: format!("{n}").into_bytes(),
+        enqueued: "2026-01-01T00:00:00.0000000Z".into(),
+        enqueued_ms: 1_700_000_000_000 + n,
+        partition,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_number_their_events_and_read_from_every_start_position() {
+    use muster_store::events::{EventLog, SqliteEventLog, Start};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    {
+        let log = SqliteEventLog::open(&path, std::time::Duration::from_secs(86_400)).unwrap();
+        let empty = log.partition_info("hub.local", 1).await.unwrap();
+        assert!(empty.is_empty);
+        assert_eq!((empty.begin_sequence, empty.last_sequence), (0, -1));
+        // Two partitions interleaved: each numbers its own events from 0.
+        for n in 0..10 {
+            log.append(partition_event("a", n, u32::try_from(n % 2).unwrap()))
+                .await
+                .unwrap();
+        }
+        let p1 = log
+            .read_partition(
+                "hub.local",
+                1,
+                Start::Offset {
+                    offset: -1,
+                    inclusive: false,
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            p1.iter().map(|e| e.partition_sequence).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            p1.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            vec![2, 4, 6, 8, 10],
+            "offsets are the log's own positions"
+        );
+        let from_seq = |sequence, inclusive| Start::Sequence {
+            sequence,
+            inclusive,
+        };
+        let got = log
+            .read_partition("hub.local", 1, from_seq(2, false), 100)
+            .await
+            .unwrap();
+        assert_eq!(got.first().unwrap().partition_sequence, 3);
+        let got = log
+            .read_partition("hub.local", 1, from_seq(2, true), 100)
+            .await
+            .unwrap();
+        assert_eq!(got.first().unwrap().partition_sequence, 2);
+        let got = log
+            .read_partition(
+                "hub.local",
+                0,
+                Start::Enqueued {
+                    millis: 1_700_000_000_004,
+                    inclusive: true,
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.event.body.clone()).collect::<Vec<_>>(),
+            vec![b"4".to_vec(), b"6".to_vec(), b"8".to_vec()]
+        );
+        let got = log
+            .read_partition(
+                "hub.local",
+                0,
+                Start::Offset {
+                    offset: 3,
+                    inclusive: true,
+                },
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2, "the limit holds");
+        assert_eq!(got[0].sequence, 3);
+        let info = log.partition_info("hub.local", 1).await.unwrap();
+        assert!(!info.is_empty);
+        assert_eq!(
+            (info.begin_sequence, info.last_sequence, info.last_offset),
+            (0, 4, 10)
+        );
+        assert_eq!(info.last_enqueued_ms, 1_700_000_000_009);
+    }
+    // Numbers continue after a restart.
+    let log = SqliteEventLog::open(&path, std::time::Duration::from_secs(86_400)).unwrap();
+    log.append(partition_event("a", 10, 1)).await.unwrap();
+    let info = log.partition_info("hub.local", 1).await.unwrap();
+    assert_eq!(info.last_sequence, 5);
+}
+
+#[test]
+fn a_device_keeps_its_partition() {
+    use muster_store::events::partition_of;
+    assert_eq!(partition_of("device-1", 4), partition_of("device-1", 4));
+    let spread: std::collections::HashSet<u32> = (0..100)
+        .map(|i| partition_of(&format!("device-{i}"), 4))
+        .collect();
+    assert_eq!(spread.len(), 4, "100 devices use every partition");
+    assert_eq!(partition_of("x", 1), 0);
 }

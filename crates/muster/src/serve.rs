@@ -183,6 +183,12 @@ pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(portal_port);
+        if let Some(p) = field(&endpoint, "partitions")
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+        {
+            config.hub.partitions = p;
+        }
     }
     let ports = muster_server::Ports {
         mqtt: mqtt_port,
@@ -238,6 +244,25 @@ pub(crate) fn info(data_dir: &Path, json: bool) -> Result<()> {
         out!(
             "DPS connection      {}",
             field(&info, "dpsConnectionString")
+                .as_str()
+                .unwrap_or_default()
+        );
+        out!(
+            "Event Hubs-compatible name       {}",
+            field(&info, "eventHubsCompatibleName")
+                .as_str()
+                .unwrap_or_default()
+        );
+        out!(
+            "Event Hubs-compatible endpoint   {} ({} partitions)",
+            field(&info, "eventHubsCompatibleEndpoint")
+                .as_str()
+                .unwrap_or_default(),
+            field(&info, "partitions")
+        );
+        out!(
+            "Event Hubs connection            {}",
+            field(&info, "eventHubsConnectionString")
                 .as_str()
                 .unwrap_or_default()
         );

@@ -33,7 +33,7 @@ for (const p of ["azure-iot-provisioning-device", "azure-iot-provisioning-device
                  "azure-iot-security-symmetric-key", "azure-iot-provisioning-service",
                  "azure-iot-provisioning-device-amqp", "azure-iot-device",
                  "azure-iot-device-mqtt", "azure-iot-device-amqp", "azure-iot-device-http",
-                 "azure-iothub", "rhea"]) require(p);
+                 "azure-iothub", "rhea", "@azure/event-hubs"]) require(p);
 ' >&2)
 echo "$want" > "$marker"
 

@@ -24,6 +24,18 @@ pub(crate) enum Node {
     ServiceC2d,
     /// The service's delivery feedback: `/messages/servicebound/feedback`.
     Feedback,
+    /// The Event Hubs management node: `$management` (or `{entity}/$management`).
+    Management,
+    /// A partition of the built-in endpoint:
+    /// `{entity}/ConsumerGroups/{group}/Partitions/{partition}`.
+    Partition {
+        /// The Event Hubs entity (the hub's name).
+        entity: String,
+        /// The consumer group.
+        group: String,
+        /// The partition id.
+        partition: String,
+    },
     /// A DPS registration: `{idScope}/registrations/{registrationId}`.
     Registration {
         /// The ID scope the device named.
@@ -78,6 +90,16 @@ fn id(segment: &str) -> Option<String> {
 fn node(segments: &[&str]) -> Option<Node> {
     match segments {
         ["$cbs"] => Some(Node::Cbs),
+        ["$management"] | [_, "$management"] => Some(Node::Management),
+        [entity, c, group, p, partition]
+            if eq(c, "consumergroups") && eq(p, "partitions") && !entity.is_empty() =>
+        {
+            Some(Node::Partition {
+                entity: id(entity)?,
+                group: id(group)?,
+                partition: id(partition)?,
+            })
+        }
         [m, d] if eq(m, "messages") && eq(d, "devicebound") => Some(Node::ServiceC2d),
         [m, s, f] if eq(m, "messages") && eq(s, "servicebound") && eq(f, "feedback") => {
             Some(Node::Feedback)
@@ -179,5 +201,26 @@ mod tests {
         ] {
             assert_eq!(parse(a), None, "{a}");
         }
+    }
+
+    #[test]
+    fn event_hubs_addresses_in_both_forms() {
+        let want = Node::Partition {
+            entity: "hub".into(),
+            group: "$Default".into(),
+            partition: "3".into(),
+        };
+        assert_eq!(
+            parse("hub/ConsumerGroups/$Default/Partitions/3")
+                .unwrap()
+                .node,
+            want
+        );
+        let absolute = parse("amqps://h.local/hub/consumergroups/$Default/partitions/3").unwrap();
+        assert_eq!(absolute.node, want);
+        assert_eq!(absolute.host.as_deref(), Some("h.local"));
+        assert_eq!(parse("$management").unwrap().node, Node::Management);
+        assert_eq!(parse("hub/$management").unwrap().node, Node::Management);
+        assert!(parse("hub/ConsumerGroups/$Default/Partitions").is_none());
     }
 }

@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) sasl: Claim,
     devices: Mutex<HashMap<String, Arc<DeviceEntry>>>,
     service: Mutex<Option<ServiceGrant>>,
+    /// Event Hubs entities this connection may read (CBS tokens for `sb://host/entity`).
+    eventhub: Mutex<Vec<super::eventhub::Grant>>,
     mailboxes: Mutex<HashMap<String, Mailbox>>,
     /// Links attached now.
     links: AtomicUsize,
@@ -134,6 +136,8 @@ pub(crate) enum Refusal {
     Service(#[from] crate::rest::auth::Refusal),
     #[error("this link needs a service token with one of the policies {0}")]
     NoServiceGrant(String),
+    #[error("{0}")]
+    EventHub(String),
 }
 
 pub(crate) fn now() -> u64 {
@@ -155,6 +159,7 @@ impl Shared {
             sasl,
             devices: Mutex::default(),
             service: Mutex::default(),
+            eventhub: Mutex::default(),
             mailboxes: Mutex::default(),
             links: AtomicUsize::new(0),
             checking: tokio::sync::Mutex::new(()),
@@ -286,6 +291,21 @@ impl Shared {
             Some(g) if g.expires > now() && allowed.contains(&g.policy.as_str()) => Ok(g),
             _ => Err(Refusal::NoServiceGrant(allowed.join(", "))),
         }
+    }
+
+    /// Record an Event Hubs grant (a renewal replaces the entity's earlier one).
+    pub(crate) fn grant_eventhub(&self, grant: super::eventhub::Grant) {
+        if let Ok(mut grants) = self.eventhub.lock() {
+            grants.retain(|g| g.hub != grant.hub);
+            grants.push(grant);
+        }
+    }
+
+    /// This connection holds an unexpired token for `hub`'s entity.
+    pub(crate) fn may_read(&self, hub: &str) -> bool {
+        self.eventhub
+            .lock()
+            .is_ok_and(|g| g.iter().any(|g| g.hub == hub && g.expires > now()))
     }
 
     /// Count a new link; `false` (and nothing counted) when the connection holds

@@ -66,6 +66,14 @@ pub(super) async fn session(mut session: ListenerSessionHandle, shared: Arc<Shar
             Role::Receiver => attach.source.as_ref().and_then(|s| s.address.clone()),
         }
         .unwrap_or_default();
+        // A partition receiver's start position and epoch travel in its attach.
+        let extras = match role {
+            Role::Receiver => Extras {
+                filter: attach.source.as_ref().and_then(|s| s.filter.clone()),
+                properties: attach.properties.clone(),
+            },
+            Role::Sender => Extras::default(),
+        };
         let acceptor = match role {
             Role::Sender => LinkAcceptor::builder()
                 .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
@@ -90,7 +98,7 @@ pub(super) async fn session(mut session: ListenerSessionHandle, shared: Arc<Shar
         let tracker = shared.tracker.clone();
         let shared = Arc::clone(&shared);
         let serve = async move {
-            serve_link(&shared, raw, link).await;
+            serve_link(&shared, raw, link, extras).await;
             shared.remove_link();
         };
         tracker.spawn(tracing::Instrument::in_current_span(serve));
@@ -98,7 +106,14 @@ pub(super) async fn session(mut session: ListenerSessionHandle, shared: Arc<Shar
     let _ = tokio::time::timeout(CLOSE_WAIT, session.end()).await;
 }
 
-async fn serve_link(shared: &Arc<Shared>, raw: String, link: LinkEndpoint) {
+/// What a link's attach says beyond its address.
+#[derive(Debug, Default)]
+struct Extras {
+    filter: Option<fe2o3_amqp::types::messaging::FilterSet>,
+    properties: Option<definitions::Fields>,
+}
+
+async fn serve_link(shared: &Arc<Shared>, raw: String, link: LinkEndpoint, extras: Extras) {
     let Some(Address { host, node }) = address::parse(&raw) else {
         warn!(address = raw, "attach to an unknown address");
         return refuse(link, AmqpError::NotFound, format!("no such node: {raw}")).await;
@@ -124,6 +139,29 @@ async fn serve_link(shared: &Arc<Shared>, raw: String, link: LinkEndpoint) {
             LinkEndpoint::Sender(s),
         ) => {
             replies(shared, s, &format!("dps/{registration_id}"), None, None).await;
+        }
+        (Node::Management, LinkEndpoint::Receiver(r)) => {
+            super::eventhub::management(shared, r).await;
+        }
+        (Node::Management, LinkEndpoint::Sender(s)) => {
+            replies(shared, s, "mgmt", None, None).await;
+        }
+        (
+            Node::Partition {
+                entity,
+                group,
+                partition,
+            },
+            LinkEndpoint::Sender(s),
+        ) => {
+            let request = super::eventhub::Request {
+                entity,
+                group,
+                partition,
+                filter: extras.filter,
+                properties: extras.properties,
+            };
+            super::eventhub::partition_reader(shared, s, request).await;
         }
         (Node::ServiceC2d, LinkEndpoint::Receiver(r)) => service_c2d(shared, r).await,
         (Node::Feedback, LinkEndpoint::Sender(s)) => feedback(shared, s).await,
@@ -434,6 +472,19 @@ async fn put_token(shared: &Shared, request: &AmqpMessage) -> (i32, String) {
                 None => (rest.trim_end_matches('/'), None),
             };
             shared.put_device_token(host, device, module, &token).await
+        }
+        // `sb://{host}/{entity}[/…]`: an Event Hubs client for the built-in endpoint.
+        None if audience
+            .split_once('/')
+            .is_some_and(|(_, path)| !path.trim_matches('/').is_empty()) =>
+        {
+            match super::eventhub::put_token(shared, &token) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    warn!(audience, reason = %e, "CBS token refused");
+                    return (e.status(), e.to_string());
+                }
+            }
         }
         None => shared.put_service_token(&token),
     };

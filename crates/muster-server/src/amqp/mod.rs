@@ -13,6 +13,7 @@
 
 mod address;
 mod conn;
+pub(crate) mod eventhub;
 mod links;
 mod message;
 mod sasl;
