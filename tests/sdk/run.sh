@@ -15,4 +15,4 @@ MUSTER_SDK_NODE="$(bash tests/sdk/node/setup.sh | tail -n 1)"
 export MUSTER_SDK_PYTHON MUSTER_SDK_NODE
 echo "MUSTER_SDK_PYTHON=$MUSTER_SDK_PYTHON"
 echo "MUSTER_SDK_NODE=$MUSTER_SDK_NODE"
-cargo test "$@" -p muster-server --test sdk_python --test sdk_node --test sdk_node_transports -- --ignored
+cargo test "$@" -p muster-server --test sdk_python --test sdk_node --test sdk_node_transports --test sdk_eventhubs -- --ignored

@@ -736,6 +736,9 @@ pub(crate) enum HubCommand {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Consumer groups of the built-in Event Hubs-compatible endpoint.
+    #[command(subcommand)]
+    ConsumerGroup(ConsumerGroupCommand),
     /// Watch device-to-cloud messages as they arrive (like `az iot hub monitor-events`).
     MonitorEvents {
         /// Only this device's messages.
@@ -750,6 +753,30 @@ pub(crate) enum HubCommand {
         /// Stop after this many seconds (default: run until interrupted).
         #[arg(long)]
         timeout: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsumerGroupCommand {
+    /// Create a consumer group (1-50 letters, digits, '.', '-', '_').
+    Create {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+    /// List the consumer groups (`$Default` first).
+    List,
+    /// Show one consumer group.
+    Show {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+    /// Delete a consumer group (`$Default` cannot be deleted).
+    Delete {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
     },
 }
 

@@ -5,7 +5,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::api::{Api, if_match, print, print_list, s, seg, set};
-use crate::cli::{DeviceIdentityCommand, DeviceTwinCommand, HubCommand, Output};
+use crate::cli::{
+    ConsumerGroupCommand, DeviceIdentityCommand, DeviceTwinCommand, HubCommand, Output,
+};
 
 pub(crate) fn run(
     api_args: &crate::cli::ApiArgs,
@@ -86,6 +88,7 @@ pub(crate) fn run(
                 });
                 Ok(())
             }
+            HubCommand::ConsumerGroup(c) => consumer_group(&api, c, output).await,
             HubCommand::MonitorEvents {
                 device_id,
                 from,
@@ -120,6 +123,47 @@ fn device_row(d: &Value) {
         s(d, "/connectionState"),
         s(d, "/lastActivityTime")
     );
+}
+
+async fn consumer_group(api: &Api, cmd: ConsumerGroupCommand, output: Output) -> Result<()> {
+    const BASE: &str = "/eventHubEndpoints/events/consumerGroups";
+    let row = |g: &Value| {
+        out!("{:<40} {}", s(g, "/name"), s(g, "/properties/created"));
+    };
+    match cmd {
+        ConsumerGroupCommand::Create { name } => {
+            let g = api
+                .call(Method::PUT, &format!("{BASE}/{}", seg(&name)), None, &[])
+                .await?
+                .body;
+            print(output, &g, row);
+        }
+        ConsumerGroupCommand::Show { name } => {
+            let g = api
+                .call(Method::GET, &format!("{BASE}/{}", seg(&name)), None, &[])
+                .await?
+                .body;
+            print(output, &g, row);
+        }
+        ConsumerGroupCommand::List => {
+            let list = api.call(Method::GET, BASE, None, &[]).await?.body;
+            let groups = list.get("value").cloned().unwrap_or(Value::Array(vec![]));
+            print(output, &groups, |v| {
+                out!("{:<40} CREATED", "NAME");
+                for g in v.as_array().into_iter().flatten() {
+                    row(g);
+                }
+            });
+        }
+        ConsumerGroupCommand::Delete { name } => {
+            api.call(Method::DELETE, &format!("{BASE}/{}", seg(&name)), None, &[])
+                .await?;
+            if output == Output::Table {
+                out!("Deleted consumer group '{name}'.");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse(flag: &str, text: &str) -> Result<Value> {

@@ -104,6 +104,7 @@ const HUB_READ: [&str; 4] = [
     "registryRead",
     "registryReadWrite",
 ];
+const HUB_OWNER: [&str; 1] = ["iothubowner"];
 const REGISTRY_WRITE: [&str; 2] = ["iothubowner", "registryReadWrite"];
 const TWIN_WRITE: [&str; 2] = ["iothubowner", "service"];
 
@@ -128,6 +129,9 @@ pub(crate) async fn require_hub_policy(
     let allowed: &[&str] =
         if req.method() == axum::http::Method::GET || path.eq_ignore_ascii_case("/devices/query") {
             &HUB_READ
+        } else if path.starts_with("/eventHubEndpoints") || path.starts_with("/routing") {
+            // The hub's own configuration: owner only (Azure manages it in the control plane).
+            &HUB_OWNER
         } else if path.starts_with("/twins")
             || path.to_ascii_lowercase().ends_with("/messages/devicebound")
             || path.to_ascii_lowercase().ends_with("/commands")

@@ -71,6 +71,16 @@ pub(crate) fn routes() -> Router<Arc<Context>> {
             get(get_twin).patch(patch_twin).put(replace_twin),
         )
         .route("/statistics/devices", get(statistics))
+        .route(
+            "/eventHubEndpoints/events/consumerGroups",
+            get(list_consumer_groups),
+        )
+        .route(
+            "/eventHubEndpoints/events/consumerGroups/{name}",
+            get(get_consumer_group)
+                .put(put_consumer_group)
+                .delete(delete_consumer_group),
+        )
         .route("/twins/{id}/methods", axum::routing::post(invoke_method))
         .route("/devices/{id}/modules", get(list_modules))
         .route(
@@ -180,6 +190,47 @@ async fn list_devices(
             .await?,
     )
     .into_response())
+}
+
+async fn list_consumer_groups(State(ctx): Ctx, Extension(hub): Extension<HubName>) -> ApiResult {
+    let groups = ctx.hub.registry().consumer_groups(&hub.0).await?;
+    Ok(Json(json!({"value": groups})).into_response())
+}
+
+async fn get_consumer_group(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    match ctx.hub.registry().consumer_group(&hub.0, &name).await? {
+        Some(g) => Ok(Json(g).into_response()),
+        None => Err(HubError::NotFound(format!("consumer group '{name}' not found")).into()),
+    }
+}
+
+async fn put_consumer_group(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let group = ctx
+        .hub
+        .registry()
+        .create_consumer_group(&hub.0, &name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(group)).into_response())
+}
+
+async fn delete_consumer_group(
+    State(ctx): Ctx,
+    Extension(hub): Extension<HubName>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    ctx.hub
+        .registry()
+        .delete_consumer_group(&hub.0, &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_device(
