@@ -20,6 +20,7 @@ use crate::methods::{MethodCall, MethodResult};
 use crate::model::{Device, DeviceStatus, Module, Twin};
 use crate::presence::{Outbound, Presence, Registration};
 use crate::registry::{HubError, Registry};
+use crate::routing::{self, Source};
 use crate::telemetry::{IngestError, MAX_TELEMETRY, Telemetry, to_event};
 
 /// How often `lastActivityTime` is written at most, per session.
@@ -36,6 +37,7 @@ pub struct Hub {
     hostnames: Vec<String>,
     resource_hosts: Vec<String>,
     partitions: u32,
+    router: routing::Router,
 }
 
 /// Event Hubs partitions per hub unless configured otherwise (IoT Hub's default is 4).
@@ -65,6 +67,7 @@ impl Hub {
             hostnames,
             resource_hosts,
             partitions: DEFAULT_PARTITIONS,
+            router: routing::Router::default(),
         }
     }
 
@@ -73,6 +76,121 @@ impl Hub {
     pub fn with_partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions.max(1);
         self
+    }
+
+    /// Message routing: its configuration and change notifications.
+    #[must_use]
+    pub fn router(&self) -> &routing::Router {
+        &self.router
+    }
+
+    /// The routing table of `hub`.
+    ///
+    /// # Errors
+    /// [`HubError::Store`], [`HubError::Corrupt`].
+    pub async fn routing(&self, hub: &str) -> Result<Arc<routing::Table>, HubError> {
+        self.router.table(&self.registry, hub).await
+    }
+
+    /// Change the routing of `hub` (validated, stored, in effect for the next message).
+    ///
+    /// # Errors
+    /// What `change` returns, [`HubError::InvalidInput`], [`HubError::PreconditionFailed`].
+    pub async fn update_routing(
+        &self,
+        hub: &str,
+        change: impl FnOnce(&mut routing::RoutingConfig) -> Result<(), HubError>,
+    ) -> Result<routing::RoutingConfig, HubError> {
+        self.router.update(&self.registry, hub, change).await
+    }
+
+    /// The service view of a twin as JSON, for routing (`None` when it cannot be read).
+    async fn twin_json(&self, hub: &str, id: &str) -> Option<Value> {
+        let twin = self.registry.get_twin(hub, id).await.ok()?;
+        serde_json::to_value(twin).ok()
+    }
+
+    /// Emit a non-telemetry event of `source` for `device`/`module` when an enabled route
+    /// carries that source (IoT Hub makes none otherwise). Stored durably like telemetry.
+    async fn emit(
+        &self,
+        hub: &str,
+        device_id: &str,
+        module_id: Option<&str>,
+        source: Source,
+        op_type: &str,
+        body: Value,
+    ) {
+        let table = match self.routing(hub).await {
+            Ok(t) if t.carries(source) => t,
+            Ok(_) => return,
+            Err(e) => {
+                return warn!(error = %e, "routing configuration unreadable; event not emitted");
+            }
+        };
+        let id = module_id.map_or_else(|| device_id.to_owned(), |m| format!("{device_id}/{m}"));
+        let twin = if table.needs_twin(source) {
+            self.twin_json(hub, &id).await
+        } else {
+            None
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let enqueued = crate::time_fmt::azure(now);
+        let hub_name = crate::eventhub::entity_name(hub);
+        let mut system = vec![
+            (
+                "iothub-connection-device-id".to_owned(),
+                device_id.to_owned(),
+            ),
+            ("iothub-enqueuedtime".to_owned(), enqueued.clone()),
+            (
+                "iothub-message-source".to_owned(),
+                source.message_source().to_owned(),
+            ),
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("content-encoding".to_owned(), "utf-8".to_owned()),
+            (
+                "correlation-id".to_owned(),
+                format!("{}{}", docs::random_suffix(), docs::random_suffix()),
+            ),
+            ("user-id".to_owned(), hub_name.clone()),
+        ];
+        let mut properties = vec![
+            ("hubName".to_owned(), hub_name),
+            ("deviceId".to_owned(), device_id.to_owned()),
+            ("operationTimestamp".to_owned(), enqueued.clone()),
+            (
+                "iothub-message-schema".to_owned(),
+                source.schema().to_owned(),
+            ),
+            ("opType".to_owned(), op_type.to_owned()),
+        ];
+        if let Some(m) = module_id {
+            system.push(("iothub-connection-module-id".to_owned(), m.to_owned()));
+            properties.push(("moduleId".to_owned(), m.to_owned()));
+        }
+        let mut event = muster_store::events::NewEvent {
+            hub: hub.to_ascii_lowercase(),
+            device_id: device_id.to_owned(),
+            module_id: module_id.map(str::to_owned),
+            properties,
+            system_properties: system,
+            body: body.to_string().into_bytes(),
+            enqueued,
+            enqueued_ms: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+            partition: muster_store::events::partition_of(device_id, self.partitions),
+            built_in: false,
+            endpoints: Vec::new(),
+        };
+        if !route_event(&table, &mut event, twin.as_ref(), source) {
+            return;
+        }
+        match self.events.append(event).await {
+            Ok(_) => debug!(device_id, op_type, "routed event stored"),
+            Err(e) => {
+                warn!(device_id, op_type, error = %e, "routed event lost: the event log is unavailable");
+            }
+        }
     }
 
     /// The built-in endpoint's partition count.
@@ -185,7 +303,21 @@ impl Hub {
         if let Err(e) = recorded {
             warn!(error = %e, "cannot record the connection state");
         }
+        self.emit_connection(identity, "deviceConnected").await;
         registration
+    }
+
+    async fn emit_connection(&self, identity: &Identity, op_type: &str) {
+        let body = serde_json::json!({"sequenceNumber": connection_sequence()});
+        self.emit(
+            &identity.hub,
+            identity.device_id.as_str(),
+            identity.module_id.as_ref().map(ModuleId::as_str),
+            Source::DeviceConnectionStateEvents,
+            op_type,
+            body,
+        )
+        .await;
     }
 
     /// A session ends. Unless a newer session of the same identity took over, the identity
@@ -204,6 +336,7 @@ impl Hub {
         if let Err(e) = recorded {
             warn!(error = %e, "cannot record the connection state");
         }
+        self.emit_connection(identity, "deviceDisconnected").await;
     }
 
     /// Note activity of a session (`lastActivityTime`, written at most once per
@@ -236,9 +369,25 @@ impl Hub {
             return Err(IngestError::TooLarge { size: m.body.len() });
         }
         let now = time::OffsetDateTime::now_utc();
+        let table = match self.routing(&sender.hub).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(error = %e, "routing configuration unreadable; messages take the fallback route");
+                None
+            }
+        };
+        let twin = match &table {
+            Some(t) if t.needs_twin(Source::DeviceMessages) => {
+                self.twin_json(&sender.hub, &sender.id()).await
+            }
+            _ => None,
+        };
         let appends = batch.into_iter().map(|m| {
-            self.events
-                .append(to_event(sender, m, now, self.partitions))
+            let mut event = to_event(sender, m, now, self.partitions);
+            if let Some(t) = &table {
+                route_event(t, &mut event, twin.as_ref(), Source::DeviceMessages);
+            }
+            self.events.append(event)
         });
         for result in futures_util::future::join_all(appends).await {
             result.map_err(IngestError::Unavailable)?;
@@ -266,9 +415,35 @@ impl Hub {
         let patch: Value = serde_json::from_slice(patch).map_err(|e| {
             HubError::InvalidInput(format!("the reported patch is not valid JSON: {e}"))
         })?;
-        self.registry
+        let version = self
+            .registry
             .patch_reported(&identity.hub, &identity.id(), &patch)
-            .await
+            .await?;
+        if self.carries(&identity.hub, Source::TwinChangeEvents).await {
+            let mut reported = patch;
+            if let Some(o) = reported.as_object_mut() {
+                o.insert("$version".into(), Value::from(version));
+            }
+            let twin = self.twin_json(&identity.hub, &identity.id()).await;
+            let body = serde_json::json!({
+                "version": twin.as_ref().and_then(|t| t.get("version")).cloned().unwrap_or(Value::Null),
+                "properties": {"reported": reported},
+            });
+            self.emit(
+                &identity.hub,
+                identity.device_id.as_str(),
+                identity.module_id.as_ref().map(ModuleId::as_str),
+                Source::TwinChangeEvents,
+                "updateTwin",
+                body,
+            )
+            .await;
+        }
+        Ok(version)
+    }
+
+    async fn carries(&self, hub: &str, source: Source) -> bool {
+        self.routing(hub).await.is_ok_and(|t| t.carries(source))
     }
 
     /// A service's twin update (`PATCH` merges, `PUT` replaces) of a device or module
@@ -288,6 +463,37 @@ impl Hub {
             .registry
             .update_twin(hub, id, body, if_match, replace)
             .await?;
+        if self.carries(hub, Source::TwinChangeEvents).await {
+            let (device_id, module_id) = match id.split_once('/') {
+                Some((d, m)) => (d, Some(m)),
+                None => (id, None),
+            };
+            let (op, event) = if replace {
+                (
+                    "replaceTwin",
+                    serde_json::to_value(&twin).unwrap_or(Value::Null),
+                )
+            } else {
+                let mut event = serde_json::Map::new();
+                event.insert("version".into(), Value::from(twin.version));
+                if let Some(tags) = body.get("tags") {
+                    event.insert("tags".into(), tags.clone());
+                }
+                if let Some(desired) = &notification {
+                    event.insert("properties".into(), serde_json::json!({"desired": desired}));
+                }
+                ("updateTwin", Value::Object(event))
+            };
+            self.emit(
+                hub,
+                device_id,
+                module_id,
+                Source::TwinChangeEvents,
+                op,
+                event,
+            )
+            .await;
+        }
         if let Some(patch) = notification {
             let version = patch.get("$version").and_then(Value::as_u64).unwrap_or(0);
             let event = Outbound::DesiredPatch { version, patch };
@@ -311,9 +517,23 @@ impl Hub {
         body: &Value,
         if_match: Option<&str>,
     ) -> Result<Device, HubError> {
+        let lifecycle = self.carries(hub, Source::DeviceLifecycleEvents).await;
+        let existed = lifecycle && self.registry.device_document(hub, id).await?.is_some();
         let device = self.registry.put_device(hub, id, body, if_match).await?;
         if device.status == DeviceStatus::Disabled {
             self.kick_device(hub, id).await;
+        }
+        if lifecycle && !existed {
+            let twin = self.twin_json(hub, id).await.unwrap_or(Value::Null);
+            self.emit(
+                hub,
+                id,
+                None,
+                Source::DeviceLifecycleEvents,
+                "createDeviceIdentity",
+                twin,
+            )
+            .await;
         }
         Ok(device)
     }
@@ -333,8 +553,24 @@ impl Hub {
             .list_modules(hub, id)
             .await
             .unwrap_or_default();
+        let twin = if self.carries(hub, Source::DeviceLifecycleEvents).await {
+            self.twin_json(hub, id).await
+        } else {
+            None
+        };
         self.registry.delete_device(hub, id, if_match).await?;
         self.kick(hub, id, &modules);
+        if let Some(twin) = twin {
+            self.emit(
+                hub,
+                id,
+                None,
+                Source::DeviceLifecycleEvents,
+                "deleteDeviceIdentity",
+                twin,
+            )
+            .await;
+        }
         Ok(())
     }
 
@@ -570,4 +806,50 @@ pub enum Settlement {
     Abandon,
     /// Refused: remove it without delivering it again.
     Reject,
+}
+
+/// Route one event: its targets and enrichments; `false` when it goes nowhere.
+fn route_event(
+    table: &routing::Table,
+    event: &mut muster_store::events::NewEvent,
+    twin: Option<&Value>,
+    source: Source,
+) -> bool {
+    let json_body = source != Source::DeviceMessages;
+    let targets = if table.carries(source) {
+        table.targets(source, &routing::EventView::new(event, twin, json_body))
+    } else if source == Source::DeviceMessages {
+        routing::Targets {
+            built_in: table.config.fallback_route.is_enabled,
+            endpoints: Vec::new(),
+        }
+    } else {
+        return false;
+    };
+    if !table.config.enrichments.is_empty() {
+        for (k, v) in table.enrichments(&event.hub, &targets, twin) {
+            if !event.properties.iter().any(|(n, _)| *n == k) {
+                event.properties.push((k, v));
+            }
+        }
+    }
+    event.built_in = targets.built_in;
+    event.endpoints = targets.endpoints;
+    event.built_in || !event.endpoints.is_empty()
+}
+
+/// Connection-state events' `sequenceNumber`: 64 hex digits, strictly increasing, comparable as
+/// text (nanoseconds since the epoch, bumped past the last one handed out).
+fn connection_sequence() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return format!("{next:064x}"),
+            Err(p) => prev = p,
+        }
+    }
 }

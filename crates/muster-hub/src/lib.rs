@@ -48,6 +48,7 @@ pub mod presence;
 pub mod provision;
 pub mod query;
 pub mod registry;
+pub mod routing;
 pub mod telemetry;
 pub mod twin;
 

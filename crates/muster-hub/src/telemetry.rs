@@ -122,6 +122,8 @@ pub fn to_event(
         enqueued,
         enqueued_ms: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
         partition: muster_store::events::partition_of(sender.device_id.as_str(), partitions),
+        built_in: true,
+        endpoints: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ pub mod lock;
 mod mqtt;
 mod operations;
 mod rest;
+mod routing;
 pub mod tls;
 mod webhook;
 mod websocket;
@@ -313,6 +314,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown.clone(),
         tracker.clone(),
     ));
+    routing::spawn(Arc::clone(&ctx), shutdown.clone(), &tracker);
     // Devices marked connected by a previous process hold no connection now.
     let sweep = Arc::clone(&ctx);
     tracker.spawn(async move {

@@ -40,6 +40,11 @@ pub struct NewEvent {
     /// The Event Hubs partition the message belongs to (the hub chooses it from the device
     /// id, so one device's messages stay in order).
     pub partition: u32,
+    /// Routed to the built-in endpoint: only these are numbered in their partition and read
+    /// by Event Hubs consumers and the event stream.
+    pub built_in: bool,
+    /// The custom routing endpoints it goes to.
+    pub endpoints: Vec<String>,
 }
 
 /// A stored message.
@@ -47,7 +52,8 @@ pub struct NewEvent {
 pub struct Event {
     /// Position in the log (1, 2, 3, …), across partitions; the Event Hubs offset.
     pub sequence: u64,
-    /// Position in its partition (0, 1, 2, …); the Event Hubs sequence number.
+    /// Position in its partition (0, 1, 2, …); the Event Hubs sequence number (`-1` for an
+    /// event not routed to the built-in endpoint).
     pub partition_sequence: i64,
     /// The message.
     pub event: NewEvent,
@@ -116,6 +122,21 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
         start: Start,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
+    /// Up to `limit` events of `hub` routed to custom endpoint `endpoint`, looking at the log's
+    /// positions after `after` up to `after + window`; returns them and the last position looked
+    /// at (a reader resumes there even when nothing matched).
+    async fn read_routed(
+        &self,
+        hub: &str,
+        endpoint: &str,
+        after: u64,
+        window: u64,
+        limit: usize,
+    ) -> Result<(Vec<Event>, u64), StoreError>;
+    /// A delivery cursor (0 when never saved).
+    async fn progress(&self, key: &str) -> Result<u64, StoreError>;
+    /// Save a delivery cursor.
+    async fn set_progress(&self, key: &str, position: u64) -> Result<(), StoreError>;
     /// What partition `partition` of `hub` holds.
     async fn partition_info(&self, hub: &str, partition: u32) -> Result<PartitionInfo, StoreError>;
     /// The last sequence number written (0 when empty).
@@ -216,7 +237,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_partition {
         conn.execute_batch(
             "ALTER TABLE events ADD COLUMN partition INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE events ADD COLUMN pseq INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE events ADD COLUMN pseq INTEGER DEFAULT 0;
              ALTER TABLE events ADD COLUMN enqueued_ms INTEGER NOT NULL DEFAULT 0;
              UPDATE events SET enqueued_ms = enqueued_unix * 1000;",
         )?;
@@ -234,6 +255,15 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             *n += 1;
         }
     }
+    let has_routes = conn
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'routes'")?
+        .exists([])?;
+    if !has_routes {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN routes TEXT;")?;
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS progress (key TEXT PRIMARY KEY, position INTEGER NOT NULL);",
+    )?;
     // The next sequence number per partition outlives the events (retention may empty a
     // partition; its numbers never go back).
     conn.execute_batch(
@@ -303,21 +333,28 @@ fn writer_loop(
             let mut seqs = Vec::with_capacity(batch.len());
             {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT INTO events (hub, device_id, module_id, enqueued, enqueued_unix, properties, system_properties, body, partition, pseq, enqueued_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    "INSERT INTO events (hub, device_id, module_id, enqueued, enqueued_unix, properties, system_properties, body, partition, pseq, enqueued_ms, routes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
                 let mut last = tx.prepare_cached(
                     "SELECT COALESCE((SELECT next FROM partitions WHERE hub = ?1 AND partition = ?2), 0)",
                 )?;
                 for (e, _) in &batch {
-                    let key = (e.hub.clone(), e.partition);
-                    let pseq = match numbering.get(&key).or_else(|| next_pseq.get(&key)) {
-                        Some(n) => *n,
-                        None => {
-                            last.query_row(params![e.hub, e.partition], |r| r.get::<_, i64>(0))?
-                        }
+                    let pseq = if e.built_in {
+                        let key = (e.hub.clone(), e.partition);
+                        let pseq = match numbering.get(&key).or_else(|| next_pseq.get(&key)) {
+                            Some(n) => *n,
+                            None => {
+                                last.query_row(params![e.hub, e.partition], |r| r.get::<_, i64>(0))?
+                            }
+                        };
+                        numbering.insert(key, pseq + 1);
+                        Some(pseq)
+                    } else {
+                        None
                     };
-                    numbering.insert(key, pseq + 1);
+                    let routes = (!e.endpoints.is_empty())
+                        .then(|| format!(",{},", e.endpoints.join(",").to_ascii_lowercase()));
                     stmt.execute(params![
                         e.hub,
                         e.device_id,
@@ -329,7 +366,8 @@ fn writer_loop(
                         e.body,
                         e.partition,
                         pseq,
-                        e.enqueued_ms
+                        e.enqueued_ms,
+                        routes
                     ])?;
                     seqs.push(u64::try_from(tx.last_insert_rowid()).unwrap_or(0));
                 }
@@ -374,9 +412,11 @@ fn writer_loop(
 
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let enqueued_ms: i64 = r.get(5)?;
+    let pseq: Option<i64> = r.get(10)?;
+    let routes: Option<String> = r.get(11)?;
     Ok(Event {
         sequence: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-        partition_sequence: r.get(10)?,
+        partition_sequence: pseq.unwrap_or(-1),
         event: NewEvent {
             hub: r.get(1)?,
             device_id: r.get(2)?,
@@ -387,6 +427,13 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
             system_properties: props_from(&r.get::<_, String>(7)?),
             body: r.get(8)?,
             partition: r.get(9)?,
+            built_in: pseq.is_some(),
+            endpoints: routes
+                .unwrap_or_default()
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect(),
         },
     })
 }
@@ -419,8 +466,8 @@ impl EventLog for SqliteEventLog {
             let conn = reader.lock().map_err(|_| backend(Message("event log reader poisoned".into())))?;
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, hub, device_id, module_id, enqueued, enqueued_ms, properties, system_properties, body, partition, pseq
-                     FROM events WHERE hub = ?1 AND seq > ?2 AND (?3 IS NULL OR device_id = ?3) ORDER BY seq LIMIT ?4",
+                    "SELECT seq, hub, device_id, module_id, enqueued, enqueued_ms, properties, system_properties, body, partition, pseq, routes
+                     FROM events WHERE hub = ?1 AND seq > ?2 AND (?3 IS NULL OR device_id = ?3) AND pseq IS NOT NULL ORDER BY seq LIMIT ?4",
                 )
                 .map_err(backend)?;
             let rows = stmt
@@ -453,8 +500,8 @@ impl EventLog for SqliteEventLog {
         };
         let op = if bound.1 { ">=" } else { ">" };
         let sql = format!(
-            "SELECT seq, hub, device_id, module_id, enqueued, enqueued_ms, properties, system_properties, body, partition, pseq
-             FROM events WHERE hub = ?1 AND partition = ?2 AND {column} {op} ?3 ORDER BY pseq LIMIT ?4"
+            "SELECT seq, hub, device_id, module_id, enqueued, enqueued_ms, properties, system_properties, body, partition, pseq, routes
+             FROM events WHERE hub = ?1 AND partition = ?2 AND {column} {op} ?3 AND pseq IS NOT NULL ORDER BY pseq LIMIT ?4"
         );
         tokio::task::spawn_blocking(move || {
             let conn = reader
@@ -465,6 +512,96 @@ impl EventLog for SqliteEventLog {
                 .query_map(params![hub, partition, bound.0, limit], event_row)
                 .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn read_routed(
+        &self,
+        hub: &str,
+        endpoint: &str,
+        after: u64,
+        window: u64,
+        limit: usize,
+    ) -> Result<(Vec<Event>, u64), StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let hub = hub.to_ascii_lowercase();
+        let pattern = format!(
+            "%,{},%",
+            endpoint.to_ascii_lowercase().replace(['%', '_'], "")
+        );
+        let latest = self.latest();
+        let upto = after.saturating_add(window).min(latest).max(after);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (from, to) = (
+            i64::try_from(after).unwrap_or(i64::MAX),
+            i64::try_from(upto).unwrap_or(i64::MAX),
+        );
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| backend(Message("event log reader poisoned".into())))?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, hub, device_id, module_id, enqueued, enqueued_ms, properties, system_properties, body, partition, pseq, routes
+                     FROM events WHERE seq > ?1 AND seq <= ?2 AND hub = ?3 AND routes LIKE ?4 ORDER BY seq LIMIT ?5",
+                )
+                .map_err(backend)?;
+            let events = stmt
+                .query_map(params![from, to, hub, pattern, limit], event_row)
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            // A full page ends at its last event; otherwise everything up to `upto` was seen.
+            let seen = if i64::try_from(events.len()).unwrap_or(i64::MAX) >= limit {
+                events.last().map_or(upto, |e| e.sequence)
+            } else {
+                upto
+            };
+            Ok((events, seen))
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn progress(&self, key: &str) -> Result<u64, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| backend(Message("event log reader poisoned".into())))?;
+            let position: Option<i64> = conn
+                .prepare_cached("SELECT position FROM progress WHERE key = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![key], |r| r.get(0))
+                        .map(Some)
+                        .or_else(|e| match e {
+                            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                            e => Err(e),
+                        })
+                })
+                .map_err(backend)?;
+            Ok(position.and_then(|p| u64::try_from(p).ok()).unwrap_or(0))
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn set_progress(&self, key: &str, position: u64) -> Result<(), StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let key = key.to_owned();
+        let position = i64::try_from(position).unwrap_or(i64::MAX);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| backend(Message("event log reader poisoned".into())))?;
+            conn.prepare_cached(
+                "INSERT INTO progress (key, position) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET position = excluded.position",
+            )
+            .and_then(|mut s| s.execute(params![key, position]))
+            .map_err(backend)?;
+            Ok(())
         })
         .await
         .map_err(backend)?

@@ -66,15 +66,14 @@ pub enum Collection {
     /// Consumer groups of a hub's built-in endpoint (key: `{hub}/{group, lower case}`; index:
     /// hub).
     ConsumerGroups,
-    /// Message routes (key: `{hub}/{route name, lower case}`; index: hub).
+    /// A hub's routing configuration: routes, custom endpoints, enrichments and the fallback
+    /// route, one document (key: hub; index: hub).
     Routes,
-    /// Custom routing endpoints (key: `{hub}/{endpoint name, lower case}`; index: hub).
-    Endpoints,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 12] = [
         Self::CaCertificates,
         Self::EnrollmentGroups,
         Self::Enrollments,
@@ -87,7 +86,6 @@ impl Collection {
         Self::Connections,
         Self::ConsumerGroups,
         Self::Routes,
-        Self::Endpoints,
     ];
 
     /// The stable name used in storage.
@@ -106,7 +104,6 @@ impl Collection {
             Self::Connections => "connections",
             Self::ConsumerGroups => "consumer_groups",
             Self::Routes => "routes",
-            Self::Endpoints => "endpoints",
         }
     }
 }

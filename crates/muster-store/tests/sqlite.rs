@@ -90,6 +90,8 @@ async fn event_log_appends_in_order_reads_from_any_point_and_survives_reopen() {
         enqueued: "2026-01-01T00:00:00.0000000Z".into(),
         enqueued_ms: i64::try_from(time_now()).unwrap() * 1000 + i64::try_from(n).unwrap(),
         partition: muster_store::events::partition_of(device, 4),
+        built_in: true,
+        endpoints: vec![],
     };
     {
         let log = SqliteEventLog::open(&path, std::time::Duration::from_secs(86_400)).unwrap();
@@ -150,6 +152,8 @@ fn partition_event(device: &str, n: i64, partition: u32) -> muster_store::events
         enqueued: "2026-01-01T00:00:00.0000000Z".into(),
         enqueued_ms: 1_700_000_000_000 + n,
         partition,
+        built_in: true,
+        endpoints: vec![],
     }
 }
 

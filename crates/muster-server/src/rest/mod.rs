@@ -8,10 +8,11 @@
 pub(crate) mod auth;
 mod dps_device;
 mod dps_service;
-mod events;
+pub(crate) mod events;
 mod fallback;
 mod hub_device;
 pub(crate) mod hub_service;
+mod routing;
 
 use std::sync::Arc;
 
@@ -117,9 +118,13 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
         Arc::clone(&ctx),
         auth::require_dps_policy,
     ));
-    let hub = hub_service::routes().merge(events::routes()).route_layer(
-        axum::middleware::from_fn_with_state(Arc::clone(&ctx), auth::require_hub_policy),
-    );
+    let hub = hub_service::routes()
+        .merge(events::routes())
+        .merge(routing::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&ctx),
+            auth::require_hub_policy,
+        ));
     let tunnels = crate::websocket::PATHS
         .iter()
         .fold(Router::new(), |r, path| {

@@ -1,0 +1,306 @@
+//! Message routing end to end: routes with conditions deliver device messages to a webhook and
+//! a file sink, unmatched messages take the fallback route to the built-in endpoint, a desired
+//! change makes a twin change event, an endpoint down for 10 s loses nothing, and bad
+//! configurations are refused with a reason.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails loudly"
+)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{Mqtt, TestServer};
+use muster_mqtt::Packet;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A webhook receiver that records what it is sent, or answers 503 while `down`.
+#[derive(Clone, Default)]
+struct Hook {
+    received: Arc<Mutex<Vec<Value>>>,
+    down: Arc<AtomicBool>,
+    refused: Arc<Mutex<usize>>,
+}
+
+impl Hook {
+    async fn start(&self) -> String {
+        let hook = self.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::Json<Value>| {
+                let hook = hook.clone();
+                async move {
+                    if hook.down.load(Ordering::SeqCst) {
+                        *hook.refused.lock().unwrap() += 1;
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let batch = body.0.as_array().cloned().expect("a JSON array");
+                    hook.received.lock().unwrap().extend(batch);
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/hook")
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} deliveries within {within:?}: {got:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn file_lines(dir: &std::path::Path) -> Vec<Value> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn send(device: &mut Mqtt, id: u16, alert: bool, temperature: i32) {
+    let topic = format!(
+        "devices/router-device/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&temperatureAlert={alert}&n={id}"
+    );
+    let body = format!(r#"{{"temperature":{temperature}}}"#);
+    device.publish(&topic, body.as_bytes(), id).await;
+    assert!(matches!(device.recv().await, Some(Packet::PubAck(p)) if p == id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_deliver_by_condition_and_lose_nothing_while_an_endpoint_is_down() {
+    let server = TestServer::start().await;
+    let rest = server.hub_rest();
+    let hook = Hook::default();
+    let url = hook.start().await;
+    let files = tempfile::tempdir().unwrap();
+
+    // Bad configurations are refused, and nothing changes.
+    let (status, _, body) = rest
+        .send(
+            Method::PUT,
+            "/routing/routes/broken",
+            Some(json!({"source": "DeviceMessages", "condition": "temperatureAlert =", "endpointNames": ["events"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("condition"), "{body}");
+    let (status, _, body) = rest
+        .send(
+            Method::PUT,
+            "/routing/routes/nowhere",
+            Some(json!({"source": "DeviceMessages", "endpointNames": ["missing"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Only the owner policy may change routing.
+    let (status, _, _) = server
+        .policy_rest("registryReadWrite")
+        .send(
+            Method::PUT,
+            "/routing/fallbackRoute",
+            Some(json!({"isEnabled": true})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    for (name, endpoint) in [
+        ("hook", json!({"type": "webhook", "url": url})),
+        (
+            "files",
+            json!({"type": "file", "directory": files.path().display().to_string()}),
+        ),
+    ] {
+        rest.ok(
+            Method::PUT,
+            &format!("/routing/endpoints/{name}"),
+            Some(endpoint),
+            &[],
+        )
+        .await;
+    }
+    for (name, route) in [
+        (
+            "alerts",
+            json!({"source": "DeviceMessages", "condition": "temperatureAlert = 'true'", "endpointNames": ["hook"]}),
+        ),
+        (
+            "hot",
+            json!({"source": "DeviceMessages", "condition": "$body.temperature > 30", "endpointNames": ["files"]}),
+        ),
+        (
+            "twins",
+            json!({"source": "TwinChangeEvents", "endpointNames": ["hook"]}),
+        ),
+    ] {
+        rest.ok(
+            Method::PUT,
+            &format!("/routing/routes/{name}"),
+            Some(route),
+            &[],
+        )
+        .await;
+    }
+    let config = rest.ok(Method::GET, "/routing", None, &[]).await;
+    assert_eq!(config["routes"].as_array().unwrap().len(), 3, "{config}");
+    assert_eq!(config["fallbackRoute"]["isEnabled"], true);
+    let tested = rest
+        .ok(
+            Method::POST,
+            "/routing/test",
+            Some(json!({"route": "hot", "message": {"body": {"temperature": 31}}})),
+            &[],
+        )
+        .await;
+    assert_eq!(tested["result"], "true", "{tested}");
+
+    let token = rest.sas_device("router-device").await;
+    let mut device = Mqtt::connect(
+        server.running.mqtt_addr,
+        &server.ca_pem(),
+        "router-device",
+        "localhost/router-device/?api-version=2021-04-12",
+        Some(&token),
+        None,
+    )
+    .await;
+    send(&mut device, 1, true, 25).await; // alerts → hook
+    send(&mut device, 2, false, 35).await; // hot → files
+    send(&mut device, 3, false, 20).await; // no route → fallback → events
+
+    let got = hook.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0]["properties"]["n"], "1", "{got:?}");
+    assert_eq!(got[0]["body"]["temperature"], 25);
+    assert_eq!(
+        got[0]["systemProperties"]["iothub-connection-device-id"],
+        "router-device"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while file_lines(files.path()).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the file sink wrote nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written = file_lines(files.path());
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0]["properties"]["n"], "2");
+    // Only the unmatched message reached the built-in endpoint.
+    let events = rest.read_events_from("earliest", None, 1).await;
+    assert_eq!(events[0]["properties"]["n"], "3", "{events:?}");
+
+    // A desired change is a twin change event.
+    rest.ok(
+        Method::PATCH,
+        "/twins/router-device",
+        Some(json!({"properties": {"desired": {"telemetryDelay": "2"}}})),
+        &[],
+    )
+    .await;
+    let got = hook.wait_for(2, Duration::from_secs(10)).await;
+    let change = &got[1];
+    assert_eq!(change["properties"]["opType"], "updateTwin", "{change}");
+    assert_eq!(
+        change["properties"]["iothub-message-schema"],
+        "twinChangeNotification"
+    );
+    assert_eq!(
+        change["systemProperties"]["iothub-message-source"],
+        "twinChangeEvents"
+    );
+    assert_eq!(
+        change["body"]["properties"]["desired"]["telemetryDelay"], "2",
+        "{change}"
+    );
+
+    // The webhook is down for 10 s: alerts wait in the log and all arrive, in order, after.
+    hook.down.store(true, Ordering::SeqCst);
+    for n in 10..15 {
+        send(&mut device, n, true, 25).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        *hook.refused.lock().unwrap() > 0,
+        "delivery was attempted while down"
+    );
+    assert_eq!(hook.received().len(), 2, "nothing is delivered while down");
+    hook.down.store(false, Ordering::SeqCst);
+    let got = hook.wait_for(7, Duration::from_secs(40)).await;
+    let numbers: Vec<&str> = got[2..]
+        .iter()
+        .map(|e| e["properties"]["n"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, ["10", "11", "12", "13", "14"]);
+
+    // Routing persists across a restart, and delivered positions too: nothing is sent twice.
+    drop(device);
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, std::net::IpAddr::from([127, 0, 0, 1]), 0).await;
+    let config = server
+        .hub_rest()
+        .ok(Method::GET, "/routing", None, &[])
+        .await;
+    assert_eq!(config["endpoints"].as_array().unwrap().len(), 2, "{config}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        hook.received().len(),
+        7,
+        "no delivery repeated after the restart"
+    );
+
+    // An endpoint a route uses cannot be deleted; a route can, then the endpoint.
+    let (status, _, _) = server
+        .hub_rest()
+        .send(Method::DELETE, "/routing/endpoints/files", None, &[])
+        .await;
+    assert_eq!(status, 400);
+    server.stop().await;
+}
