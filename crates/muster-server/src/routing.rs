@@ -81,7 +81,7 @@ async fn supervise(ctx: Arc<Context>, shutdown: CancellationToken, tracker: Task
 async fn worker(ctx: Arc<Context>, hub: String, endpoint: Endpoint, stop: CancellationToken) {
     let key = format!("route/{hub}/{}", endpoint.name.to_ascii_lowercase());
     let log = ctx.hub.events();
-    let mut sink = match Sink::new(&ctx, &hub, &endpoint) {
+    let mut sink = match Sink::new(&hub, &endpoint) {
         Ok(s) => s,
         Err(e) => return warn!(endpoint = endpoint.name, error = e, "endpoint cannot start"),
     };
@@ -183,10 +183,15 @@ enum Sink {
         headers: Vec<(String, String)>,
     },
     File(FileSink),
+    Nats {
+        url: String,
+        subject: String,
+        client: Option<async_nats::Client>,
+    },
 }
 
 impl Sink {
-    fn new(ctx: &Context, hub: &str, endpoint: &Endpoint) -> Result<Self, String> {
+    fn new(hub: &str, endpoint: &Endpoint) -> Result<Self, String> {
         match &endpoint.kind {
             EndpointKind::Webhook { url, headers } => {
                 let client = reqwest::Client::builder()
@@ -215,10 +220,11 @@ impl Sink {
                 max_age: Duration::from_secs(*max_file_seconds),
                 current: None,
             })),
-            EndpointKind::Nats { .. } => {
-                let _ = ctx;
-                Err("NATS endpoints are not served by this build".into())
-            }
+            EndpointKind::Nats { url, subject } => Ok(Self::Nats {
+                url: url.clone(),
+                subject: subject.clone(),
+                client: None,
+            }),
         }
     }
 
@@ -252,6 +258,54 @@ impl Sink {
                 }
             }
             Self::File(f) => f.append(batch).await,
+            Self::Nats {
+                url,
+                subject,
+                client,
+            } => {
+                if client.is_none() {
+                    let options = async_nats::ConnectOptions::new()
+                        .connection_timeout(Duration::from_secs(10))
+                        .retry_on_initial_connect();
+                    let connecting = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        options.connect(url.as_str()),
+                    );
+                    *client = Some(
+                        connecting
+                            .await
+                            .map_err(|_| "cannot connect within 10 s".to_owned())?
+                            .map_err(|e| format!("cannot connect: {e}"))?,
+                    );
+                }
+                let Some(c) = client.as_ref() else {
+                    return Err("not connected".into());
+                };
+                let published = async {
+                    for e in batch {
+                        c.publish_with_headers(
+                            subject.clone(),
+                            nats_headers(e),
+                            e.event.body.clone().into(),
+                        )
+                        .await
+                        .map_err(|e| format!("publish failed: {e}"))?;
+                    }
+                    // The server has them once a flush (PING/PONG) returns.
+                    c.flush().await.map_err(|e| format!("flush failed: {e}"))
+                };
+                match tokio::time::timeout(Duration::from_secs(30), published).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
+                        *client = None;
+                        Err(e)
+                    }
+                    Err(_) => {
+                        *client = None;
+                        Err("no confirmation within 30 s".into())
+                    }
+                }
+            }
         }
     }
 
@@ -266,6 +320,20 @@ impl Sink {
             f.current = None;
         }
     }
+}
+
+/// A message's properties as NATS headers: application properties by name, system properties
+/// (`iothub-connection-device-id`, `content-type`, …) by theirs, plus the log position.
+fn nats_headers(e: &Event) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    let clean = |v: &str| v.replace(['\r', '\n'], " ");
+    for (k, v) in e.event.system_properties.iter().chain(&e.event.properties) {
+        if !k.is_empty() && k.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+            headers.insert(k.as_str(), clean(v).as_str());
+        }
+    }
+    headers.insert("x-opt-offset", e.sequence.to_string().as_str());
+    headers
 }
 
 /// JSON lines in `{directory}/{hub}/{endpoint}/{YYYY}/{MM}/{DD}/{HH}/{mm}-{first sequence}.json`,

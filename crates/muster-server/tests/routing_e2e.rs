@@ -304,3 +304,65 @@ async fn routes_deliver_by_condition_and_lose_nothing_while_an_endpoint_is_down(
     assert_eq!(status, 400);
     server.stop().await;
 }
+
+/// NATS runs beside the tests in CI: `MUSTER_TEST_NATS=nats://127.0.0.1:4222` switches this on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_endpoint_publishes_routed_messages_with_their_properties() {
+    let Ok(url) = std::env::var("MUSTER_TEST_NATS") else {
+        eprintln!(
+            "skipped: set MUSTER_TEST_NATS=nats://127.0.0.1:4222 to run against a NATS server"
+        );
+        return;
+    };
+    use futures_util::StreamExt as _;
+    let subject = format!("muster.test.{}", std::process::id());
+    let nats = async_nats::connect(url.as_str())
+        .await
+        .expect("NATS at MUSTER_TEST_NATS");
+    let mut sub = nats.subscribe(subject.clone()).await.unwrap();
+    nats.flush().await.unwrap();
+
+    let server = TestServer::start().await;
+    let rest = server.hub_rest();
+    rest.ok(
+        Method::PUT,
+        "/routing/endpoints/bus",
+        Some(json!({"type": "nats", "url": url, "subject": subject})),
+        &[],
+    )
+    .await;
+    rest.ok(
+        Method::PUT,
+        "/routing/routes/to-bus",
+        Some(json!({"source": "DeviceMessages", "condition": "temperatureAlert = 'true'", "endpointNames": ["bus", "events"]})),
+        &[],
+    )
+    .await;
+    let token = rest.sas_device("router-device").await;
+    let mut device = Mqtt::connect(
+        server.running.mqtt_addr,
+        &server.ca_pem(),
+        "router-device",
+        "localhost/router-device/?api-version=2021-04-12",
+        Some(&token),
+        None,
+    )
+    .await;
+    send(&mut device, 1, false, 20).await;
+    send(&mut device, 2, true, 21).await;
+    let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a NATS message within 10 s")
+        .unwrap();
+    assert_eq!(&message.payload[..], br#"{"temperature":21}"#);
+    let headers = message.headers.unwrap();
+    assert_eq!(headers.get("n").unwrap().as_str(), "2");
+    assert_eq!(
+        headers.get("iothub-connection-device-id").unwrap().as_str(),
+        "router-device"
+    );
+    // The matching message also reached the built-in endpoint; the other one by the fallback.
+    let events = rest.read_events_from("earliest", None, 2).await;
+    assert_eq!(events.len(), 2);
+    server.stop().await;
+}

@@ -739,6 +739,15 @@ pub(crate) enum HubCommand {
     /// Consumer groups of the built-in Event Hubs-compatible endpoint.
     #[command(subcommand)]
     ConsumerGroup(ConsumerGroupCommand),
+    /// Message routes: which messages go to which endpoints (IoT Hub's routing queries).
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Custom routing endpoints: webhook, file sink, NATS subject.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Message enrichments: application properties added for chosen endpoints.
+    #[command(subcommand)]
+    Enrichment(EnrichmentCommand),
     /// Watch device-to-cloud messages as they arrive (like `az iot hub monitor-events`).
     MonitorEvents {
         /// Only this device's messages.
@@ -753,6 +762,140 @@ pub(crate) enum HubCommand {
         /// Stop after this many seconds (default: run until interrupted).
         #[arg(long)]
         timeout: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RouteCommand {
+    /// Create or replace a route.
+    Create {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+        /// What it carries: DeviceMessages, TwinChangeEvents, DeviceLifecycleEvents or
+        /// DeviceConnectionStateEvents.
+        #[arg(long, default_value = "DeviceMessages")]
+        source: String,
+        /// The routing query, e.g. "temperatureAlert = 'true'" or "$body.temperature > 30"
+        /// (default: every message).
+        #[arg(long, default_value = "true")]
+        condition: String,
+        /// Endpoint names (`events` is the built-in one); repeat for several.
+        #[arg(long = "endpoint", short = 'e', required = true)]
+        endpoints: Vec<String>,
+        /// Create it switched off.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List the routes.
+    List,
+    /// Show one route.
+    Show {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+    /// Delete a route.
+    Delete {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+    /// Test a route (or a condition) on a sample message.
+    Test {
+        /// The route to test.
+        #[arg(long, short = 'n', conflicts_with = "condition")]
+        name: Option<String>,
+        /// A condition to test instead of a route.
+        #[arg(long)]
+        condition: Option<String>,
+        /// The message body (JSON is sent as JSON with a JSON content type).
+        #[arg(long, default_value = "")]
+        body: String,
+        /// An application property KEY=VALUE; repeat for several.
+        #[arg(long = "app-property")]
+        app_properties: Vec<String>,
+        /// A system property KEY=VALUE (contentType, contentEncoding, …); repeat for several.
+        #[arg(long = "system-property")]
+        system_properties: Vec<String>,
+        /// The sender's twin, JSON, for `$twin` conditions.
+        #[arg(long)]
+        twin: Option<String>,
+    },
+    /// Switch the fallback route (unmatched device messages to `events`) on or off.
+    Fallback {
+        /// true or false.
+        #[arg(long, action = clap::ArgAction::Set)]
+        enabled: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EndpointCommand {
+    /// Create or replace an endpoint.
+    Create {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+        /// webhook, file or nats.
+        #[arg(long = "type", short = 't')]
+        kind: String,
+        /// webhook: the http(s) URL; nats: nats://host:port.
+        #[arg(long)]
+        url: Option<String>,
+        /// webhook: a request header KEY=VALUE; repeat for several.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// file: the directory to write under.
+        #[arg(long)]
+        directory: Option<String>,
+        /// file: begin a new file past this many bytes.
+        #[arg(long)]
+        max_file_bytes: Option<u64>,
+        /// file: begin a new file after this many seconds.
+        #[arg(long)]
+        max_file_seconds: Option<u64>,
+        /// nats: the subject to publish to.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// List the custom endpoints.
+    List,
+    /// Show one endpoint.
+    Show {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+    /// Delete an endpoint (no route may use it).
+    Delete {
+        /// Its name.
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EnrichmentCommand {
+    /// Add or replace an enrichment.
+    Set {
+        /// The application property it sets.
+        #[arg(long, short = 'k')]
+        key: String,
+        /// A static value, `$iothubname`, or `$twin.tags.…`/`$twin.properties.…`.
+        #[arg(long)]
+        value: String,
+        /// Endpoints whose messages get it; repeat for several.
+        #[arg(long = "endpoint", short = 'e', required = true)]
+        endpoints: Vec<String>,
+    },
+    /// List the enrichments.
+    List,
+    /// Delete an enrichment.
+    Delete {
+        /// Its key.
+        #[arg(long, short = 'k')]
+        key: String,
     },
 }
 

@@ -89,6 +89,9 @@ pub(crate) fn run(
                 Ok(())
             }
             HubCommand::ConsumerGroup(c) => consumer_group(&api, c, output).await,
+            HubCommand::Route(c) => crate::routing::route(&api, c, output).await,
+            HubCommand::Endpoint(c) => crate::routing::endpoint(&api, c, output).await,
+            HubCommand::Enrichment(c) => crate::routing::enrichment(&api, c, output).await,
             HubCommand::MonitorEvents {
                 device_id,
                 from,

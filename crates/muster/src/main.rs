@@ -39,6 +39,7 @@ mod dps;
 mod files;
 mod hints;
 mod hub;
+mod routing;
 mod serve;
 
 use std::process::ExitCode;

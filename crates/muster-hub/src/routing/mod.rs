@@ -636,7 +636,10 @@ mod tests {
         }
     }
 
-    #[allow(clippy::needless_pass_by_value, reason = "tests build the value inline")]
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "tests build the value inline"
+    )]
     fn config(routes: Value) -> RoutingConfig {
         serde_json::from_value(json!({
             "routes": routes,
