@@ -8,7 +8,8 @@
     clippy::expect_used,
     clippy::panic,
     clippy::indexing_slicing,
-    reason = "a test fails loudly"
+    clippy::print_stderr,
+    reason = "a test fails loudly, and says when it is skipped"
 )]
 
 mod common;
