@@ -116,6 +116,10 @@ pub struct FleetOptions {
     pub qos: u8,
     /// Size of each telemetry body.
     pub payload_bytes: usize,
+    /// Send the lab's readings instead of `payload_bytes` filler: a JSON body with temperature
+    /// and humidity, the `temperatureAlert` property and a JSON content type (what routing
+    /// conditions read).
+    pub lab_payload: bool,
     /// Unacknowledged QoS 1 messages per device when sending as fast as possible.
     pub in_flight: usize,
     /// Local addresses to connect from, used round robin (empty: the system's choice).
@@ -666,6 +670,28 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
     Ok(report)
 }
 
+/// One reading as the lab's simulated device sends it: temperature 20–35 °C, humidity 60–80 %,
+/// `temperatureAlert` when above 30 °C.
+fn lab_reading() -> Message {
+    // A varied but reproducible stream of readings (splitmix64 of a counter).
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut z = NEXT
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let n = u32::try_from((z ^ (z >> 31)) & u64::from(u32::MAX)).unwrap_or(0);
+    let temperature = 20.0 + f64::from(n % 1500) / 100.0;
+    let humidity = 60.0 + f64::from((n / 1500) % 2000) / 100.0;
+    let mut m =
+        Message::json(&serde_json::json!({"temperature": temperature, "humidity": humidity}));
+    m.properties.push((
+        "temperatureAlert".to_owned(),
+        if temperature > 30.0 { "true" } else { "false" }.to_owned(),
+    ));
+    m
+}
+
 /// The telemetry phase; returns the merged latency histogram and error counts.
 async fn telemetry(
     options: &Arc<FleetOptions>,
@@ -701,7 +727,11 @@ async fn telemetry(
                         tokio::time::sleep_until(next).await;
                         next += options.telemetry_interval;
                     }
-                    let message = Message::new(body.clone());
+                    let message = if options.lab_payload {
+                        lab_reading()
+                    } else {
+                        Message::new(body.clone())
+                    };
                     progress.messages_sent.fetch_add(1, Ordering::Relaxed);
                     let began = Instant::now();
                     let sent = if options.qos == 0 {

@@ -190,6 +190,10 @@ pub(crate) struct FleetArgs {
     /// Telemetry body size in bytes.
     #[arg(long, default_value_t = 128)]
     pub(crate) payload_bytes: usize,
+    /// Send the lab's readings (JSON temperature and humidity, the temperatureAlert property)
+    /// instead of --payload-bytes of filler.
+    #[arg(long)]
+    pub(crate) lab_payload: bool,
     /// Unacknowledged messages per device when sending as fast as possible.
     #[arg(long, default_value_t = 8)]
     pub(crate) in_flight: usize,

@@ -182,6 +182,7 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
         telemetry_interval: args.telemetry_interval,
         qos: args.qos,
         payload_bytes: args.payload_bytes,
+        lab_payload: args.lab_payload,
         in_flight: args.in_flight,
         // One address: let the system choose (which also works for remote hosts).
         source_addresses: if args.source_addresses > 1 {
