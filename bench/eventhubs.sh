@@ -73,6 +73,28 @@ for ((r = 1; r <= REPEAT; r++)); do
     fast_lag+=("$maxlag") fast_drain+=("$drain")
 done
 
+# The consumer alone, with the cores to itself: the backlog the runs left, from the start.
+backlog=$(python3 - "$WORK" <<'PY'
+import glob, json, sys
+total = 0
+for f in glob.glob(sys.argv[1] + "/*.json"):
+    if f.endswith(".consumer.json") or f.endswith("provision.json"):
+        continue
+    for line in open(f):
+        line = line.strip()
+        if line.startswith("{"):
+            total += json.loads(line).get("messagesAcked", 0)
+print(total)
+PY
+)
+c0=$(bench_cpu_seconds "$SERVER_PID")
+bench_log "one consumer alone reads the $backlog events the runs stored, from the start"
+NODE_EXTRA_CA_CERTS=$DATA/tls/ca.pem node "$NODE_DIR/eventhub_count.js" --connection-string "$CS" \
+    --count "$backlog" >"$WORK/backlog.json" 2>"$WORK/backlog.err" || bench_warn "the backlog read failed"
+c1=$(bench_cpu_seconds "$SERVER_PID")
+alone=$(bench_get "$WORK/backlog.json" ratePerSec)
+per_event=$(bench_calc "($c1 - $c0) / $backlog * 1000000")
+
 echo
 echo "Results ($REPEAT runs; median, min and max):"
 bench_figure "paced: events received by the consumer" "events/s" 0 "" "" "" "${paced_rate[@]}"
@@ -82,4 +104,6 @@ bench_figure "fast: D2C ingest" "msg/s" 0 "" "" "" "${fast_in[@]}"
 bench_figure "fast: events received by the consumer" "events/s" 0 "" "" "" "${fast_out[@]}"
 bench_figure "fast: largest lag seen" "events" 0 "" "" "" "${fast_lag[@]}"
 bench_figure "fast: time to drain after the devices stop" "ms" 0 "" "" "" "${fast_drain[@]}"
+bench_figure "one consumer alone, reading a backlog" "events/s" 0 "" "" "" "$alone"
+bench_figure "server CPU per event sent to the consumer" "µs" 1 "" "" "" "$per_event"
 bench_note "$DEVICES devices over MQTT, lab readings; one @azure/event-hubs consumer (Node $(node --version)) on the same cores reading all $(bench_get "$DATA/endpoint.json" partitions) partitions; muster's data on $BENCH_FS"

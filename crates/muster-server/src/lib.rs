@@ -73,6 +73,8 @@ pub struct Context {
     pub(crate) readers: amqp::eventhub::Readers,
     /// When the hub was created (the data directory's state), Unix milliseconds.
     pub(crate) created_ms: i64,
+    /// The AMQP listener's port, once bound (redirects name it).
+    pub(crate) amqp_port: std::sync::OnceLock<u16>,
 }
 
 /// Start-up failures.
@@ -229,6 +231,7 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
         state: state.clone(),
         readers: amqp::eventhub::Readers::default(),
         created_ms: created_ms(&paths),
+        amqp_port: std::sync::OnceLock::new(),
     });
 
     Ok((ctx, paths, state))
@@ -284,6 +287,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let lock = lock::DataDirLock::acquire(&config.data_dir)?;
 
     let (ctx, paths, state) = build_context(&config)?;
+    let _ = ctx.amqp_port.set(amqp_addr.port());
     let chain = read(&paths.server())?;
     let key = read(&paths.server_key())?;
     let mqtt_tls = TlsAcceptor::from(tls::server_config(&chain, &key, false)?);

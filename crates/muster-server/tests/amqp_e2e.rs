@@ -608,3 +608,73 @@ async fn a_dotnet_telemetry_batch_becomes_one_event_per_message() {
     assert_eq!(stored[1]["properties"]["n"], "2");
     connection.close().await.unwrap();
 }
+
+/// The Azure CLI's `monitor-events` starts at the hub's own `messages/events/$management` and
+/// follows the `amqp:link:redirect` to the Event Hubs-compatible endpoint; without a service
+/// login the attach is refused.
+#[tokio::test]
+async fn the_hub_events_address_redirects_to_the_event_hubs_endpoint() {
+    let server = TestServer::start().await;
+    // No login: unauthorized.
+    let (_c, mut session, _o, _i) = cbs_session(&server, "anonymous").await;
+    let mut link = Receiver::attach(
+        &mut session,
+        "m",
+        "amqps://localhost/messages/events/$management",
+    )
+    .await
+    .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), link.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("UnauthorizedAccess"), "{err:?}");
+
+    // With the CLI's SASL PLAIN login: a redirect naming host, port and address.
+    let cs = server.running.info["hubConnectionString"].as_str().unwrap();
+    let key = cs.split("SharedAccessKey=").nth(1).unwrap().to_owned();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = muster_auth::sas::make_token(
+        "localhost",
+        &muster_auth::Secret::new(key),
+        Some("iothubowner"),
+        exp,
+    )
+    .unwrap();
+    let mut cli = Connection::builder()
+        .container_id("cli")
+        .hostname("localhost")
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "iothubowner@sas.root.localhost".into(),
+            password: token,
+        })
+        .open_with_stream(tls(&server).await)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut cli).await.unwrap();
+    let mut link = Receiver::attach(
+        &mut session,
+        "m",
+        "amqps://localhost/messages/events/$management",
+    )
+    .await
+    .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), link.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("Redirect"), "{text}");
+    assert!(
+        text.contains("amqps://localhost/localhost/$management"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&server.running.amqp_addr.port().to_string()),
+        "the redirect names the AMQP port: {text}"
+    );
+}

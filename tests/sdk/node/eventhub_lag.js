@@ -57,6 +57,7 @@ h.run(Number(a.timeout), async () => {
     await new Promise((r) => setTimeout(r, 200));
     finalLag = await lag();
   }
+  const drainMs = Date.now() - drainStart;
   await subscription.close();
   await client.close();
   return {
@@ -64,7 +65,7 @@ h.run(Number(a.timeout), async () => {
     ratePerSec: receivedDuring / readSeconds,
     maxLag: Math.max(0, ...samples),
     finalLag,
-    drainMs: Date.now() - drainStart,
+    drainMs,
     lagSamples: samples,
   };
 });

@@ -26,6 +26,9 @@ pub(crate) enum Node {
     Feedback,
     /// The Event Hubs management node: `$management` (or `{entity}/$management`).
     Management,
+    /// The hub's own name for its events: `messages/events/$management`, redirected to the
+    /// Event Hubs-compatible endpoint (the Azure CLI's `monitor-events` starts here).
+    EventsRedirect,
     /// A partition of the built-in endpoint:
     /// `{entity}/ConsumerGroups/{group}/Partitions/{partition}`.
     Partition {
@@ -91,6 +94,7 @@ fn node(segments: &[&str]) -> Option<Node> {
     match segments {
         ["$cbs"] => Some(Node::Cbs),
         ["$management"] | [_, "$management"] => Some(Node::Management),
+        [m, e, "$management"] if eq(m, "messages") && eq(e, "events") => Some(Node::EventsRedirect),
         [entity, c, group, p, partition]
             if eq(c, "consumergroups") && eq(p, "partitions") && !entity.is_empty() =>
         {
@@ -222,5 +226,11 @@ mod tests {
         assert_eq!(parse("$management").unwrap().node, Node::Management);
         assert_eq!(parse("hub/$management").unwrap().node, Node::Management);
         assert!(parse("hub/ConsumerGroups/$Default/Partitions").is_none());
+        assert_eq!(
+            parse("amqps://h.local/messages/events/$management")
+                .unwrap()
+                .node,
+            Node::EventsRedirect
+        );
     }
 }

@@ -817,6 +817,47 @@ fn to_message(event: &Event, meta: &SenderMeta) -> AmqpMessage {
     }
 }
 
+/// `messages/events/$management`: IoT Hub's own address for its events, which Azure answers
+/// with `amqp:link:redirect` to the Event Hubs-compatible endpoint; the Azure CLI's
+/// `monitor-events` follows it (`../shared/spec/event-hubs-wire.md` §10a). A service login
+/// (SASL PLAIN `{policy}@sas.root.{hub}` or a CBS token) comes first.
+pub(crate) async fn redirect(shared: &Shared, sender: Sender, host: &str) {
+    let hub = shared.ctx.hub.hub_for_host(host);
+    if let Err(e) = shared.service_grant(&READERS)
+        && !shared.may_read(&hub)
+    {
+        let why = format!(
+            "Unauthorized: log in with a service policy (SASL PLAIN or a CBS token) first: {}",
+            muster_types::report(&e)
+        );
+        return refuse(sender, AmqpError::UnauthorizedAccess, why).await;
+    }
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+        .to_owned();
+    let port = shared.ctx.amqp_port.get().copied().unwrap_or(5671);
+    let entity = entity_name(&hub);
+    let address = format!("amqps://{name}/{entity}/$management");
+    let mut info = Fields::new();
+    info.insert(Symbol::from("hostname"), Value::String(name.clone()));
+    info.insert(Symbol::from("network-host"), Value::String(name.clone()));
+    info.insert(Symbol::from("port"), Value::Int(i32::from(port)));
+    info.insert(Symbol::from("address"), Value::String(address.clone()));
+    info!(address, "redirecting to the Event Hubs-compatible endpoint");
+    let description = format!("The messages of this hub are read at {address}");
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        sender.close_with_error(definitions::Error::new(
+            LinkError::Redirect,
+            Some(description),
+            Some(info),
+        )),
+    )
+    .await;
+}
+
 /// A CBS put-token for an entity audience.
 pub(crate) fn put_token(shared: &Shared, token: &str) -> Result<(), TokenRefusal> {
     let grant = check_token(&shared.ctx, token)?;

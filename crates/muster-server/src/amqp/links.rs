@@ -146,6 +146,9 @@ async fn serve_link(shared: &Arc<Shared>, raw: String, link: LinkEndpoint, extra
         (Node::Management, LinkEndpoint::Sender(s)) => {
             replies(shared, s, "mgmt", None, None).await;
         }
+        (Node::EventsRedirect, LinkEndpoint::Sender(s)) => {
+            super::eventhub::redirect(shared, s, &host).await;
+        }
         (
             Node::Partition {
                 entity,
