@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCHES=${BENCHES:-provision-storm telemetry amqp fanout idle-memory cold-start}
+BENCHES=${BENCHES:-provision-storm telemetry amqp routing eventhubs fanout idle-memory cold-start}
 STORM_DEVICES=${STORM_DEVICES:-10000}
 CONCURRENCY=${CONCURRENCY:-256}
 TELEMETRY_DEVICES=${TELEMETRY_DEVICES:-1000}
@@ -41,8 +41,10 @@ bench_vars() {
     fanout) vars=("DEVICES=$FANOUT_DEVICES" "CONCURRENCY=$CONCURRENCY") ;;
     idle-memory) vars=("COUNTS=$IDLE_COUNTS" "CONCURRENCY=$CONCURRENCY") ;;
     amqp) vars=("DEVICES=$TELEMETRY_DEVICES" "DURATION=$TELEMETRY_DURATION" "IN_FLIGHT=$IN_FLIGHT" "CONCURRENCY=$CONCURRENCY") ;;
+    routing) vars=("DEVICES=$TELEMETRY_DEVICES" "DURATION=$TELEMETRY_DURATION" "IN_FLIGHT=$IN_FLIGHT" "CONCURRENCY=$CONCURRENCY") ;;
+    eventhubs) vars=("DEVICES=$TELEMETRY_DEVICES" "DURATION=$TELEMETRY_DURATION" "IN_FLIGHT=$IN_FLIGHT" "CONCURRENCY=$CONCURRENCY") ;;
     cold-start) vars=("COLD_DEVICES=$COLD_DEVICES") ;;
-    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry amqp fanout idle-memory cold-start)" ;;
+    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry amqp routing eventhubs fanout idle-memory cold-start)" ;;
     esac
 }
 
