@@ -506,6 +506,38 @@ impl Hub {
         Ok(twin)
     }
 
+    /// Create or update the identity of a device DPS assigned to this hub; a new identity is a
+    /// `createDeviceIdentity` lifecycle event where a route carries those.
+    ///
+    /// # Errors
+    /// [`HubError`].
+    pub async fn provision(&self, a: &crate::provision::Assignment<'_>) -> Result<(), HubError> {
+        let lifecycle = self.carries(a.hub, Source::DeviceLifecycleEvents).await;
+        let existed = lifecycle
+            && self
+                .registry
+                .device_document(a.hub, a.device_id)
+                .await?
+                .is_some();
+        self.registry.provision(a).await?;
+        if lifecycle && !existed {
+            let twin = self
+                .twin_json(a.hub, a.device_id)
+                .await
+                .unwrap_or(Value::Null);
+            self.emit(
+                a.hub,
+                a.device_id,
+                None,
+                Source::DeviceLifecycleEvents,
+                "createDeviceIdentity",
+                twin,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     /// Create or update a device identity; disabling it closes its connection.
     ///
     /// # Errors

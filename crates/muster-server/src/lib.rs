@@ -178,6 +178,10 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
     let (paths, state) = bootstrap::prepare(config)?;
     let store: Arc<dyn muster_store::Store> = Arc::new(SqliteStore::open(&paths.database())?);
     let registry = muster_hub::registry::Registry::new(Arc::clone(&store));
+    let assigner = wiring::LiveAssigner {
+        registry: registry.clone(),
+        context: Arc::default(),
+    };
     let events: Arc<dyn muster_store::events::EventLog> =
         Arc::new(muster_store::events::SqliteEventLog::open(
             &paths.dir.join("events.db"),
@@ -203,7 +207,7 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
             id_scope: state.id_scope.clone(),
             hubs,
         },
-        Arc::new(wiring::HubAssigner(registry.clone())),
+        Arc::new(assigner.clone()),
     )
     .with_allocator(Arc::new(allocator));
     let mut resource_hosts: Vec<String> = bootstrap::server_names(config)
@@ -234,6 +238,7 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
         amqp_port: std::sync::OnceLock::new(),
     });
 
+    let _ = assigner.context.set(Arc::downgrade(&ctx));
     Ok((ctx, paths, state))
 }
 

@@ -104,6 +104,7 @@ async fn worker(ctx: Arc<Context>, hub: String, endpoint: Endpoint, stop: Cancel
         "routing endpoint started"
     );
     let mut committed = log.subscribe();
+    let mut saved = Instant::now();
     loop {
         committed.borrow_and_update();
         let (batch, seen) = match log
@@ -125,8 +126,16 @@ async fn worker(ctx: Arc<Context>, hub: String, endpoint: Endpoint, stop: Cancel
         }
         if seen != position {
             position = seen;
-            if let Err(e) = log.set_progress(&key, position).await {
-                warn!(endpoint = endpoint.name, error = %e, "cannot save the endpoint's position");
+            // After a delivery at once; otherwise (the position only moved past messages for
+            // other endpoints) at most once a second: a restart then looks at them again and
+            // finds nothing to deliver.
+            if !batch.is_empty() || saved.elapsed() >= Duration::from_secs(1) {
+                match log.set_progress(&key, position).await {
+                    Ok(()) => saved = Instant::now(),
+                    Err(e) => {
+                        warn!(endpoint = endpoint.name, error = %e, "cannot save the endpoint's position");
+                    }
+                }
             }
         }
         if batch.is_empty() && position >= log.latest() {

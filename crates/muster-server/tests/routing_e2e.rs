@@ -109,7 +109,11 @@ async fn send(device: &mut Mqtt, id: u16, alert: bool, temperature: i32) {
     );
     let body = format!(r#"{{"temperature":{temperature}}}"#);
     device.publish(&topic, body.as_bytes(), id).await;
-    assert!(matches!(device.recv().await, Some(Packet::PubAck(p)) if p == id));
+    let answer = device.recv().await;
+    assert!(
+        matches!(answer, Some(Packet::PubAck(p)) if p == id),
+        "message {id}: {answer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,5 +369,148 @@ async fn a_nats_endpoint_publishes_routed_messages_with_their_properties() {
     // The matching message also reached the built-in endpoint; the other one by the fallback.
     let events = rest.read_events_from("earliest", None, 2).await;
     assert_eq!(events.len(), 2);
+    server.stop().await;
+}
+
+/// Lifecycle and connection-state events, as IoT Hub makes them: identities created through the
+/// API and by DPS, a connection and its end, a deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_and_connection_events_reach_their_routes() {
+    let server = TestServer::start().await;
+    let rest = server.hub_rest();
+    let hook = Hook::default();
+    let url = hook.start().await;
+    rest.ok(
+        Method::PUT,
+        "/routing/endpoints/hook",
+        Some(json!({"type": "webhook", "url": url})),
+        &[],
+    )
+    .await;
+    for (name, source) in [
+        ("lifecycle", "DeviceLifecycleEvents"),
+        ("connections", "DeviceConnectionStateEvents"),
+    ] {
+        rest.ok(
+            Method::PUT,
+            &format!("/routing/routes/{name}"),
+            Some(json!({"source": source, "endpointNames": ["hook"]})),
+            &[],
+        )
+        .await;
+    }
+    // Created through the API, connected, disconnected.
+    let token = rest.sas_device("life-1").await;
+    let device = Mqtt::connect(
+        server.running.mqtt_addr,
+        &server.ca_pem(),
+        "life-1",
+        "localhost/life-1/?api-version=2021-04-12",
+        Some(&token),
+        None,
+    )
+    .await;
+    drop(device);
+    // Created by DPS (a symmetric-key group).
+    let dps = server.dps_rest();
+    dps.ok(
+        Method::PUT,
+        "/enrollmentgroups/life-group",
+        Some(json!({"enrollmentGroupId": "life-group", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}}})),
+        &[],
+    )
+    .await;
+    let attestation = dps
+        .ok(
+            Method::POST,
+            "/enrollmentgroups/life-group/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    let group_key =
+        muster_auth::Secret::new(attestation["symmetricKey"]["primaryKey"].as_str().unwrap());
+    let device_key = muster_auth::sas::derive_device_key(&group_key, "life-2").unwrap();
+    let scope = server.id_scope();
+    let exp = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3600;
+    let dps_token = muster_auth::sas::make_token(
+        &format!("{scope}/registrations/life-2"),
+        &device_key,
+        Some("registration"),
+        exp,
+    )
+    .unwrap();
+    let mut registering = Mqtt::connect(
+        server.running.mqtt_addr,
+        &server.ca_pem(),
+        "life-2",
+        &common::dps_username(&scope, "life-2"),
+        Some(&dps_token),
+        None,
+    )
+    .await;
+    let (_, _, polled) = registering.dps_register("life-2", Value::Null).await;
+    assert_eq!(polled.unwrap().1["status"], "assigned");
+    // Deleted.
+    rest.ok(
+        Method::DELETE,
+        "/devices/life-1",
+        None,
+        &[("if-match", "*")],
+    )
+    .await;
+
+    let got = hook.wait_for(5, Duration::from_secs(15)).await;
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["properties"]["opType"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e["properties"]["deviceId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("createDeviceIdentity", "life-1"),
+        ("deviceConnected", "life-1"),
+        ("deviceDisconnected", "life-1"),
+        ("createDeviceIdentity", "life-2"),
+        ("deleteDeviceIdentity", "life-1"),
+    ] {
+        assert!(
+            seen.iter().any(|(o, d)| o == want.0 && d == want.1),
+            "{want:?} in {seen:?}"
+        );
+    }
+    let connected = got
+        .iter()
+        .find(|e| e["properties"]["opType"] == "deviceConnected")
+        .unwrap();
+    assert_eq!(
+        connected["systemProperties"]["iothub-message-source"],
+        "deviceConnectionStateEvents"
+    );
+    assert_eq!(
+        connected["body"]["sequenceNumber"].as_str().unwrap().len(),
+        64
+    );
+    let created = got
+        .iter()
+        .find(|e| e["properties"]["opType"] == "createDeviceIdentity")
+        .unwrap();
+    assert_eq!(
+        created["properties"]["iothub-message-schema"],
+        "deviceLifecycleNotification"
+    );
+    assert_eq!(
+        created["body"]["deviceId"],
+        created["properties"]["deviceId"]
+    );
     server.stop().await;
 }

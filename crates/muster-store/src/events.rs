@@ -179,6 +179,11 @@ impl SqliteEventLog {
         writer
             .pragma_update(None, "synchronous", "FULL")
             .map_err(backend)?;
+        // Delivery positions are saved through the reader connection: wait for its short
+        // transactions instead of failing an append with SQLITE_BUSY.
+        writer
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(backend)?;
         writer
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS events (
@@ -329,7 +334,10 @@ fn writer_loop(
         // Partition numbers advance only when the batch commits.
         let mut numbering = std::collections::HashMap::new();
         let result = (|| -> rusqlite::Result<Vec<u64>> {
-            let tx = conn.transaction()?;
+            // IMMEDIATE: take the write lock first. A deferred transaction that reads (the
+            // partition counters) before writing fails at once with SQLITE_BUSY_SNAPSHOT when
+            // another connection (delivery positions) committed in between.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut seqs = Vec::with_capacity(batch.len());
             {
                 let mut stmt = tx.prepare_cached(

@@ -200,7 +200,7 @@ mod tests {
             "/devices/d1/messages",
             "/devices/d1/modules//twin",
             "/devices/d1/secrets",
-            "/messages/events/$management",
+            "/messages/events/elsewhere",
             "/registrations/x",
         ] {
             assert_eq!(parse(a), None, "{a}");
