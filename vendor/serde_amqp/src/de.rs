@@ -351,10 +351,13 @@ impl<'de, R: Read<'de>> Deserializer<R> {
             .get_elem_code_or_read_format_code()
             .ok_or_else(|| Error::unexpected_eof("parse_symbol"))??
         {
-            EncodingCodes::Sym8 => self
+            // muster patch: a string where a symbol belongs is read as the symbol. uamqp
+            // sends the keys of connection `properties` (a `fields` map, symbol keys by the
+            // spec) as strings, and refusing them closed the Azure CLI's connections.
+            EncodingCodes::Sym8 | EncodingCodes::Str8 => self
                 .read_small_string()
                 .ok_or_else(|| Error::unexpected_eof("Expecting sym8"))?,
-            EncodingCodes::Sym32 => self
+            EncodingCodes::Sym32 | EncodingCodes::Str32 => self
                 .read_string()
                 .ok_or_else(|| Error::unexpected_eof("Expecting sym32"))?,
             _ => Err(Error::InvalidFormatCode),

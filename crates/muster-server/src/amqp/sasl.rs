@@ -125,3 +125,44 @@ mod tests {
         assert_eq!(plain(b"\0u\0p\0extra"), None);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod open_tests {
+    use fe2o3_amqp::types::performatives::Open;
+    use fe2o3_amqp::types::primitives::{OrderedMap, Value};
+    use serde_amqp::described::Described;
+    use serde_amqp::descriptor::Descriptor;
+
+    /// uamqp (the Azure CLI's monitor-events) sends the keys of the Open's `properties` as
+    /// strings, not symbols; the vendored codec reads them (vendor/serde_amqp/PATCH.md).
+    #[test]
+    fn an_open_with_string_keyed_properties_decodes() {
+        let mut properties = OrderedMap::new();
+        properties.insert(
+            Value::String("product".into()),
+            Value::String("az.cli.iot.extension".into()),
+        );
+        let open = Value::Described(Box::new(Described {
+            descriptor: Descriptor::Code(0x10),
+            value: Value::List(vec![
+                Value::String("IoTPlatformCliExtension/0.25.0/x".into()),
+                Value::String("localhost".into()),
+                Value::Uint(u32::MAX),
+                Value::Ushort(u16::MAX),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Map(properties),
+            ]),
+        }));
+        let bytes = serde_amqp::to_vec(&open).unwrap();
+        let decoded: Open = serde_amqp::from_slice(&bytes).unwrap();
+        let props = decoded.properties.unwrap();
+        let (key, value) = props.iter().next().unwrap();
+        assert_eq!(key.as_str(), "product");
+        assert_eq!(value, &Value::String("az.cli.iot.extension".into()));
+    }
+}
