@@ -318,39 +318,49 @@ async fn websocket_upgrades_for_unknown_subprotocols_are_refused() {
     assert_eq!(r.status(), 400);
 }
 
-#[tokio::test]
-async fn a_service_login_sends_c2d_and_reads_feedback_and_modules_send_telemetry() {
-    let server = TestServer::start().await;
-    let hub = server.hub_rest();
-    let device_token = hub.sas_device("fb-dev").await;
-    // The Azure CLI's login: SASL PLAIN as {policy}@sas.root.{hub}, a service token as password.
-    let cs = server.running.info["hubConnectionString"]
-        .as_str()
+/// The Azure CLI's login: SASL PLAIN as `iothubowner@sas.root.localhost` with `password`.
+async fn cli_login(
+    server: &TestServer,
+    container: &str,
+    password: String,
+) -> fe2o3_amqp::connection::ConnectionHandle<()> {
+    Connection::builder()
+        .container_id(container)
+        .hostname("localhost")
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "iothubowner@sas.root.localhost".into(),
+            password,
+        })
+        .open_with_stream(tls(server).await)
+        .await
         .unwrap()
-        .to_owned();
+}
+
+/// A ten-minute `iothubowner` token for the hub `localhost`.
+fn owner_token(server: &TestServer) -> String {
+    let cs = server.running.info["hubConnectionString"].as_str().unwrap();
     let key = cs.split("SharedAccessKey=").nth(1).unwrap().to_owned();
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 600;
-    let service_token = muster_auth::sas::make_token(
+    muster_auth::sas::make_token(
         "localhost",
         &muster_auth::Secret::new(key),
         Some("iothubowner"),
         exp,
     )
-    .unwrap();
-    let mut service = Connection::builder()
-        .container_id("cli")
-        .hostname("localhost")
-        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
-            username: "iothubowner@sas.root.localhost".into(),
-            password: service_token,
-        })
-        .open_with_stream(tls(&server).await)
-        .await
-        .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_service_login_sends_c2d_and_reads_feedback_and_modules_send_telemetry() {
+    let server = TestServer::start().await;
+    let hub = server.hub_rest();
+    let device_token = hub.sas_device("fb-dev").await;
+    // The Azure CLI's login: SASL PLAIN as {policy}@sas.root.{hub}, a service token as password.
+    let mut service = cli_login(&server, "cli", owner_token(&server)).await;
     let mut session = Session::begin(&mut service).await.unwrap();
     let mut feedback = Receiver::attach(
         &mut session,
@@ -433,17 +443,8 @@ async fn a_service_login_sends_c2d_and_reads_feedback_and_modules_send_telemetry
     service.close().await.unwrap();
 
     // A wrong service password: the C2D link is refused.
-    let mut bad = Connection::builder()
-        .container_id("cli-bad")
-        .hostname("localhost")
-        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
-            username: "iothubowner@sas.root.localhost".into(),
-            password: "SharedAccessSignature sr=localhost&sig=x&se=99999999999&skn=iothubowner"
-                .into(),
-        })
-        .open_with_stream(tls(&server).await)
-        .await
-        .unwrap();
+    let forged = "SharedAccessSignature sr=localhost&sig=x&se=99999999999&skn=iothubowner";
+    let mut bad = cli_login(&server, "cli-bad", forged.into()).await;
     let mut session = Session::begin(&mut bad).await.unwrap();
     let mut c2d = Sender::attach(&mut session, "c2d", "/messages/devicebound")
         .await
@@ -472,6 +473,11 @@ async fn a_service_login_sends_c2d_and_reads_feedback_and_modules_send_telemetry
     let module_key = module["authentication"]["symmetricKey"]["primaryKey"]
         .as_str()
         .unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
     let module_token = muster_auth::sas::make_token(
         "localhost/devices/fb-dev/modules/filter",
         &muster_auth::Secret::new(module_key),
@@ -631,30 +637,7 @@ async fn the_hub_events_address_redirects_to_the_event_hubs_endpoint() {
     assert!(format!("{err:?}").contains("UnauthorizedAccess"), "{err:?}");
 
     // With the CLI's SASL PLAIN login: a redirect naming host, port and address.
-    let cs = server.running.info["hubConnectionString"].as_str().unwrap();
-    let key = cs.split("SharedAccessKey=").nth(1).unwrap().to_owned();
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = muster_auth::sas::make_token(
-        "localhost",
-        &muster_auth::Secret::new(key),
-        Some("iothubowner"),
-        exp,
-    )
-    .unwrap();
-    let mut cli = Connection::builder()
-        .container_id("cli")
-        .hostname("localhost")
-        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
-            username: "iothubowner@sas.root.localhost".into(),
-            password: token,
-        })
-        .open_with_stream(tls(&server).await)
-        .await
-        .unwrap();
+    let mut cli = cli_login(&server, "cli", owner_token(&server)).await;
     let mut session = Session::begin(&mut cli).await.unwrap();
     let mut link = Receiver::attach(
         &mut session,
