@@ -144,6 +144,20 @@ async fn routes_deliver_by_condition_and_lose_nothing_while_an_endpoint_is_down(
         )
         .await;
     assert_eq!(status, 400, "{body}");
+    // A body naming another route than the path is refused.
+    let (status, _, body) = rest
+        .send(
+            Method::PUT,
+            "/routing/routes/alerts",
+            Some(json!({"name": "other", "source": "DeviceMessages", "endpointNames": ["events"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("the path says 'alerts'"),
+        "{body}"
+    );
     // Only the owner policy may change routing.
     let (status, _, _) = server
         .policy_rest("registryReadWrite")

@@ -54,14 +54,33 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, 
     })
 }
 
-fn named(kind: &str, name: &str, body_name: &str) -> Result<(), HubApiError> {
-    if body_name.is_empty() || body_name.eq_ignore_ascii_case(name) {
-        Ok(())
-    } else {
-        Err(HubApiError(HubError::InvalidInput(format!(
-            "the {kind} in the body is named '{body_name}', the path says '{name}'"
-        ))))
+/// A body that names what it configures in `field` (`name`, or `key` for enrichments): the
+/// path's name when the body gives none; a different one is refused.
+fn named_body<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    kind: &str,
+    field: &str,
+    name: &str,
+) -> Result<T, HubApiError> {
+    let mut value: Value = parse(bytes, kind)?;
+    match value.get(field).and_then(Value::as_str) {
+        None | Some("") => {
+            if let Some(o) = value.as_object_mut() {
+                o.insert(field.to_owned(), json!(name));
+            }
+        }
+        Some(given) if given.eq_ignore_ascii_case(name) => {}
+        Some(given) => {
+            return Err(HubApiError(HubError::InvalidInput(format!(
+                "the {kind} in the body is named '{given}', the path says '{name}'"
+            ))));
+        }
     }
+    serde_json::from_value(value).map_err(|e| {
+        HubApiError(HubError::InvalidInput(format!(
+            "the {kind} is not valid: {e}"
+        )))
+    })
 }
 
 async fn config(State(ctx): Ctx, Extension(hub): Extension<HubName>) -> ApiResult {
@@ -97,15 +116,7 @@ async fn put_route(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let mut value: Value = parse(&body, "route")?;
-    if value.get("name").is_none()
-        && let Some(o) = value.as_object_mut()
-    {
-        o.insert("name".into(), json!(name));
-    }
-    let route: Route = serde_json::from_value(value)
-        .map_err(|e| HubError::InvalidInput(format!("the route is not valid: {e}")))?;
-    named("route", &name, &route.name)?;
+    let route: Route = named_body(&body, "route", "name", &name)?;
     let saved = route.clone();
     ctx.hub
         .update_routing(&hub.0, move |c| {
@@ -169,15 +180,7 @@ async fn put_endpoint(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let mut value: Value = parse(&body, "endpoint")?;
-    if value.get("name").is_none()
-        && let Some(o) = value.as_object_mut()
-    {
-        o.insert("name".into(), json!(name));
-    }
-    let endpoint: Endpoint = serde_json::from_value(value)
-        .map_err(|e| HubError::InvalidInput(format!("the endpoint is not valid: {e}")))?;
-    named("endpoint", &name, &endpoint.name)?;
+    let endpoint: Endpoint = named_body(&body, "endpoint", "name", &name)?;
     let saved = endpoint.clone();
     ctx.hub
         .update_routing(&hub.0, move |c| {
@@ -232,15 +235,7 @@ async fn put_enrichment(
     Path(key): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let mut value: Value = parse(&body, "enrichment")?;
-    if value.get("key").is_none()
-        && let Some(o) = value.as_object_mut()
-    {
-        o.insert("key".into(), json!(key));
-    }
-    let enrichment: Enrichment = serde_json::from_value(value)
-        .map_err(|e| HubError::InvalidInput(format!("the enrichment is not valid: {e}")))?;
-    named("enrichment", &key, &enrichment.key)?;
+    let enrichment: Enrichment = named_body(&body, "enrichment", "key", &key)?;
     let saved = enrichment.clone();
     ctx.hub
         .update_routing(&hub.0, move |c| {
