@@ -38,6 +38,7 @@ pub struct Hub {
     resource_hosts: Vec<String>,
     partitions: u32,
     router: routing::Router,
+    throughput: crate::throughput::Throughput,
 }
 
 /// Event Hubs partitions per hub unless configured otherwise (IoT Hub's default is 4).
@@ -68,6 +69,7 @@ impl Hub {
             resource_hosts,
             partitions: DEFAULT_PARTITIONS,
             router: routing::Router::default(),
+            throughput: crate::throughput::Throughput::default(),
         }
     }
 
@@ -215,6 +217,12 @@ impl Hub {
     #[must_use]
     pub fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    /// Device-to-cloud messages per second over the last hour (in memory, for the portal).
+    #[must_use]
+    pub fn throughput(&self) -> &crate::throughput::Throughput {
+        &self.throughput
     }
 
     /// The logical hubs' host names, the default first.
@@ -389,9 +397,16 @@ impl Hub {
             }
             self.events.append(event)
         });
+        let mut stored = 0u64;
         for result in futures_util::future::join_all(appends).await {
             result.map_err(IngestError::Unavailable)?;
+            stored += 1;
         }
+        self.throughput.record(
+            &sender.hub,
+            stored,
+            u64::try_from(now.unix_timestamp()).unwrap_or(0),
+        );
         Ok(())
     }
 

@@ -50,6 +50,7 @@ pub mod query;
 pub mod registry;
 pub mod routing;
 pub mod telemetry;
+pub mod throughput;
 pub mod twin;
 
 pub use hub::{Hub, Settlement};

@@ -63,6 +63,13 @@ event_retention = "1d"
 # Partitions of each hub's built-in Event Hubs-compatible endpoint (1-32). A device's messages
 # always go to the same partition (a hash of its id); changing the count moves devices.
 partitions = 4
+
+[portal]
+# A portal session ends after this long without a request, and this long after sign-in.
+session_idle = "30m"
+session_lifetime = "8h"
+# Failed sign-ins allowed per client address per minute; more are refused for the minute.
+sign_in_attempts_per_minute = 5
 "#;
 
 /// Listener and resource limits.
@@ -137,6 +144,30 @@ impl Default for HubSettings {
     }
 }
 
+/// Portal settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortalSettings {
+    /// A session ends after this long without a request.
+    #[serde(deserialize_with = "duration")]
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in.
+    #[serde(deserialize_with = "duration")]
+    pub session_lifetime: Duration,
+    /// Failed sign-ins allowed per client address per minute.
+    pub sign_in_attempts_per_minute: u32,
+}
+
+impl Default for PortalSettings {
+    fn default() -> Self {
+        Self {
+            session_idle: Duration::from_secs(30 * 60),
+            session_lifetime: Duration::from_secs(8 * 3600),
+            sign_in_attempts_per_minute: 5,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -161,6 +192,8 @@ pub struct Config {
     pub dps: DpsSettings,
     /// Hub settings.
     pub hub: HubSettings,
+    /// Portal settings.
+    pub portal: PortalSettings,
 }
 
 impl Default for Config {
@@ -176,6 +209,7 @@ impl Default for Config {
             limits: Limits::default(),
             dps: DpsSettings::default(),
             hub: HubSettings::default(),
+            portal: PortalSettings::default(),
         }
     }
 }
@@ -272,6 +306,12 @@ mod tests {
         assert_eq!(parsed.dps.retry_after, def.dps.retry_after);
         assert_eq!(parsed.dps.rate_limit, def.dps.rate_limit);
         assert_eq!(parsed.hub.event_retention, def.hub.event_retention);
+        assert_eq!(parsed.portal.session_idle, def.portal.session_idle);
+        assert_eq!(parsed.portal.session_lifetime, def.portal.session_lifetime);
+        assert_eq!(
+            parsed.portal.sign_in_attempts_per_minute,
+            def.portal.sign_in_attempts_per_minute
+        );
     }
 
     #[test]

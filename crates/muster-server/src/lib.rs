@@ -30,6 +30,7 @@ mod json;
 pub mod lock;
 mod mqtt;
 mod operations;
+pub mod portal;
 mod rest;
 mod routing;
 pub mod tls;
@@ -75,6 +76,10 @@ pub struct Context {
     pub(crate) created_ms: i64,
     /// The AMQP listener's port, once bound (redirects name it).
     pub(crate) amqp_port: std::sync::OnceLock<u16>,
+    /// The portal's sessions and sign-in limits.
+    pub(crate) portal: portal::Portal,
+    /// `muster info` for this server, once its ports are bound (the portal shows it).
+    pub(crate) info: std::sync::OnceLock<Value>,
 }
 
 /// Start-up failures.
@@ -128,6 +133,8 @@ pub struct Running {
     pub portal_addr: SocketAddr,
     /// `muster info` for this server.
     pub info: Value,
+    /// The portal's admin password when this start created it (shown once, never stored).
+    pub admin_password: Option<String>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: std::time::Duration,
@@ -236,6 +243,15 @@ fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), Server
         readers: amqp::eventhub::Readers::default(),
         created_ms: created_ms(&paths),
         amqp_port: std::sync::OnceLock::new(),
+        portal: portal::Portal::new(
+            &paths.dir,
+            portal::Settings {
+                idle: config.portal.session_idle,
+                lifetime: config.portal.session_lifetime,
+                attempts_per_minute: config.portal.sign_in_attempts_per_minute,
+            },
+        ),
+        info: std::sync::OnceLock::new(),
     });
 
     let _ = assigner.context.set(Arc::downgrade(&ctx));
@@ -354,6 +370,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         tracker.clone(),
     ));
     let info = info(&config, &paths, &state, ports);
+    let _ = ctx.info.set(info.clone());
+    // The portal's admin password: made at first start and printed once (only its hash is kept).
+    let admin_password =
+        portal::ensure_admin_password(&paths.dir).map_err(|source| ServerError::Io {
+            path: portal::admin_hash_path(&paths.dir).display().to_string(),
+            source,
+        })?;
     info!(
         mqtt = %mqtt_addr,
         amqp = %amqp_addr,
@@ -369,6 +392,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         https_addr,
         portal_addr,
         info,
+        admin_password,
         shutdown,
         tracker,
         grace: config.limits.shutdown_grace,

@@ -54,6 +54,13 @@ pub(crate) enum Command {
     /// Server configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The web portal's sign-in.
+    Portal {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: PortalCommand,
+    },
     /// Make and inspect certificates: CAs, proof-of-possession and device certificates.
     Certs {
         #[command(flatten)]
@@ -446,6 +453,13 @@ pub(crate) struct ServeArgs {
     /// [default: localhost]. From the environment: MUSTER_HOSTNAMES, comma-separated.
     #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]
     pub(crate) hostnames: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PortalCommand {
+    /// Make a new admin password for the portal and print it once (the old one stops working
+    /// at once, also on a running server; only its hash is stored).
+    ResetAdminPassword,
 }
 
 #[derive(Debug, Subcommand)]

@@ -68,6 +68,10 @@ fn main() -> ExitCode {
             output,
             json,
         } => serve::info(&server.data_dir, json || output.output == cli::Output::Json),
+        cli::Command::Portal {
+            server,
+            command: cli::PortalCommand::ResetAdminPassword,
+        } => serve::reset_admin_password(&server.data_dir),
         cli::Command::Config(cli::ConfigCommand::Default) => {
             serve::config_default();
             Ok(())

@@ -87,6 +87,15 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let running = muster_server::start(config.clone()).await?;
+        if let Some(password) = &running.admin_password {
+            out!(
+                "portal admin password (shown once; `muster portal reset-admin-password` makes a new one): {password}"
+            );
+            out!(
+                "portal: {} — sign in as admin",
+                field(&running.info, "portalUrl").as_str().unwrap_or_default()
+            );
+        }
         let token = running.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -122,6 +131,25 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `muster portal reset-admin-password`.
+pub(crate) fn reset_admin_password(data_dir: &Path) -> Result<()> {
+    if !data_dir.join("state.json").exists() {
+        anyhow::bail!(
+            "{} is not a muster data directory (it has no state.json) — start the server once with `muster serve --data-dir {}`, or point --data-dir at the server's",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    let password = muster_server::portal::set_admin_password(data_dir).with_context(|| {
+        format!(
+            "cannot write {}",
+            muster_server::portal::admin_hash_path(data_dir).display()
+        )
+    })?;
+    out!("new portal admin password (shown once): {password}");
+    Ok(())
 }
 
 /// The server's identity and endpoint as recorded in its data directory.

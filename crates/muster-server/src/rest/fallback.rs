@@ -101,7 +101,9 @@ fn unsupported_media_type(req: &Request<Body>) -> bool {
     let path = req.uri().path().to_ascii_lowercase();
     // Message bodies, of any type: a cloud-to-device send, device telemetry over HTTPS.
     let message = path.ends_with("/messages/devicebound") || path.ends_with("/messages/events");
-    has_body && !json && !message
+    // The portal's forms are URL-encoded or multipart.
+    let portal = path.starts_with("/portal/");
+    has_body && !json && !message && !portal
 }
 
 /// Middleware: give 404, 405, 413 and 415 answers without an error body of their own Azure's

@@ -131,6 +131,7 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
             r.route(path, axum::routing::get(crate::websocket::upgrade))
         });
     Router::new()
+        .merge(crate::portal::routes(&ctx))
         .merge(management)
         .merge(hub)
         .merge(dps_device::routes())
@@ -214,6 +215,7 @@ pub(crate) async fn serve(
                         }
                     }
                     req.extensions_mut().insert(chain.clone());
+                    req.extensions_mut().insert(crate::portal::PeerAddr(peer.ip()));
                     req.extensions_mut().insert(tunnels.clone());
                     req.map(Body::new)
                 });
