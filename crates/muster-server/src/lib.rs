@@ -308,6 +308,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let lock = lock::DataDirLock::acquire(&config.data_dir)?;
 
     let (ctx, paths, state) = build_context(&config)?;
+    // The portal's admin password: made at first start and printed once (only its hash is
+    // kept). Hashing takes a moment, so it runs off the async threads, and before
+    // `endpoint.json` announces the server.
+    let dir = paths.dir.clone();
+    let admin_password = tokio::task::spawn_blocking(move || portal::ensure_admin_password(&dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| ServerError::Io {
+            path: portal::admin_hash_path(&paths.dir).display().to_string(),
+            source,
+        })?;
     let _ = ctx.amqp_port.set(amqp_addr.port());
     let chain = read(&paths.server())?;
     let key = read(&paths.server_key())?;
@@ -371,12 +383,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     ));
     let info = info(&config, &paths, &state, ports);
     let _ = ctx.info.set(info.clone());
-    // The portal's admin password: made at first start and printed once (only its hash is kept).
-    let admin_password =
-        portal::ensure_admin_password(&paths.dir).map_err(|source| ServerError::Io {
-            path: portal::admin_hash_path(&paths.dir).display().to_string(),
-            source,
-        })?;
     info!(
         mqtt = %mqtt_addr,
         amqp = %amqp_addr,
