@@ -693,6 +693,62 @@ async fn the_portal_runs_the_provisioning_steps() {
         edit.body.contains("readonly"),
         "the group name is fixed once created"
     );
+    // An individual enrollment with generated symmetric keys and its own device id.
+    let individual = reqwest::multipart::Form::new()
+        .text("csrf", csrf.clone())
+        .text("id", "reg-1")
+        .text("deviceId", "dev-1")
+        .text("attestation", "symmetricKey")
+        .text("autoKeys", "true")
+        .text("allocationPolicy", "static")
+        .text("iotHubs", "localhost")
+        .text("reprovision", "never")
+        .text("initialTwin", "")
+        .text("status", "disabled");
+    let r = send(&b, "/portal/enrollments/individual", individual)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let e = server
+        .dps_rest()
+        .ok(Method::GET, "/enrollments/reg-1", None, &[])
+        .await;
+    assert_eq!(e["deviceId"], "dev-1");
+    assert_eq!(e["attestation"]["type"], "symmetricKey");
+    // Keys are shown only by the attestation mechanism call, as Azure does.
+    let keys = server
+        .dps_rest()
+        .ok(
+            Method::POST,
+            "/enrollments/reg-1/attestationMechanism",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        keys["symmetricKey"]["primaryKey"].as_str().unwrap().len(),
+        44,
+        "{keys}"
+    );
+    assert_eq!(e["provisioningStatus"], "disabled");
+    assert_eq!(e["reprovisionPolicy"]["updateHubAssignment"], false);
+    // An X.509 individual enrollment without its certificate is refused inline.
+    let missing = reqwest::multipart::Form::new()
+        .text("csrf", csrf.clone())
+        .text("id", "reg-2")
+        .text("attestation", "certificate");
+    let r = send(&b, "/portal/enrollments/individual", missing)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Upload the certificate file.")
+    );
+    let listed = b.get("/portal/enrollments").await;
+    assert!(listed.body.contains("reg-1") && listed.body.contains("dev-1"));
     let p = b
         .post("/portal/enrollments/groups/g1/delete", &[("csrf", &csrf)])
         .await;

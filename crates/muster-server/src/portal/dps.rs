@@ -847,45 +847,66 @@ async fn save_group(
     Extension(session): Sess,
     Extension(fields): Extension<Fields>,
 ) -> PageResult {
-    need(&session)?;
-    let form = Form::from_fields(&fields);
-    let existing = if form.editing {
-        ctx.dps
+    save(&ctx, &session, &fields, true).await
+}
+
+/// Create or update an enrollment group (`group`) or an individual enrollment from its form;
+/// on a refusal the form comes back with the values entered and the error.
+async fn save(ctx: &Context, session: &Session, fields: &Fields, group: bool) -> PageResult {
+    need(session)?;
+    let form = Form::from_fields(fields);
+    let stored = match (form.editing, group) {
+        (false, _) => None,
+        (true, true) => ctx
+            .dps
             .get_enrollment_group(&form.id)
             .await
             .ok()
-            .and_then(|g| serde_json::to_value(&g).ok())
-            .and_then(|v| v.get("attestation").cloned())
-    } else {
-        None
+            .and_then(|g| serde_json::to_value(&g).ok()),
+        (true, false) => ctx
+            .dps
+            .get_enrollment(&form.id)
+            .await
+            .ok()
+            .and_then(|e| serde_json::to_value(&e).ok()),
     };
-    let upload = if form.cert_type == "intermediate" || !form.editing {
+    // A group takes an uploaded certificate only as its intermediate; an individual
+    // enrollment's upload is the device's own certificate.
+    let upload = if group && form.cert_type != "intermediate" {
+        None
+    } else {
         fields.file("certificate")
-    } else {
-        None
     };
-    let result = match form.body(true, upload, existing.as_ref()) {
+    let existing = stored.as_ref().and_then(|v| v.get("attestation"));
+    let etag = Some(form.etag.as_str()).filter(|e| !e.is_empty());
+    let result = match form.body(group, upload, existing) {
         Err(message) => Err(PageError {
             status: StatusCode::BAD_REQUEST,
             message,
         }),
-        Ok(body) => {
-            let etag = Some(form.etag.as_str()).filter(|e| !e.is_empty());
-            ctx.dps
-                .put_enrollment_group(&form.id, &body, etag)
-                .await
-                .map_err(PageError::from)
-        }
+        Ok(body) if group => ctx
+            .dps
+            .put_enrollment_group(&form.id, &body, etag)
+            .await
+            .map(drop)
+            .map_err(PageError::from),
+        Ok(body) => ctx
+            .dps
+            .put_enrollment(&form.id, &body, etag)
+            .await
+            .map(drop)
+            .map_err(PageError::from),
     };
     match result {
-        Ok(_) => Ok(Redirect::to("/portal/enrollments?done=saved").into_response()),
+        Ok(()) => Ok(Redirect::to("/portal/enrollments?done=saved").into_response()),
         Err(e) => {
-            let cas = verified_cas(&ctx).await?;
-            Ok((
-                e.status,
-                enrollment_form(&ctx, &session, &form, true, &cas, Some(&e.message)),
-            )
-                .into_response())
+            let cas = if group {
+                verified_cas(ctx).await?
+            } else {
+                Vec::new()
+            };
+            let page = enrollment_form(ctx, session, &form, group, &cas, Some(&e.message));
+            Ok((e.status, page).into_response())
         }
     }
 }
@@ -922,39 +943,7 @@ async fn save_individual(
     Extension(session): Sess,
     Extension(fields): Extension<Fields>,
 ) -> PageResult {
-    need(&session)?;
-    let form = Form::from_fields(&fields);
-    let existing = if form.editing {
-        ctx.dps
-            .get_enrollment(&form.id)
-            .await
-            .ok()
-            .and_then(|g| serde_json::to_value(&g).ok())
-            .and_then(|v| v.get("attestation").cloned())
-    } else {
-        None
-    };
-    let result = match form.body(false, fields.file("certificate"), existing.as_ref()) {
-        Err(message) => Err(PageError {
-            status: StatusCode::BAD_REQUEST,
-            message,
-        }),
-        Ok(body) => {
-            let etag = Some(form.etag.as_str()).filter(|e| !e.is_empty());
-            ctx.dps
-                .put_enrollment(&form.id, &body, etag)
-                .await
-                .map_err(PageError::from)
-        }
-    };
-    match result {
-        Ok(_) => Ok(Redirect::to("/portal/enrollments?done=saved").into_response()),
-        Err(e) => Ok((
-            e.status,
-            enrollment_form(&ctx, &session, &form, false, &[], Some(&e.message)),
-        )
-            .into_response()),
-    }
+    save(&ctx, &session, &fields, false).await
 }
 
 async fn delete_individual(

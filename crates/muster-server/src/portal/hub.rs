@@ -551,6 +551,18 @@ fn live_panel(device: Option<&str>) -> Markup {
     }
 }
 
+/// The device page again with a form's error or result, answered with `status`.
+async fn device_page_with(
+    ctx: &Context,
+    session: &Session,
+    id: &str,
+    status: StatusCode,
+    extras: Extras,
+) -> PageResult {
+    let page = device_page(ctx, session, id, extras).await?;
+    Ok((status, page).into_response())
+}
+
 #[derive(Debug, Deserialize)]
 struct DoneQuery {
     done: Option<String>,
@@ -644,12 +656,17 @@ async fn save_twin(
     let patch = match twin_patch(&text) {
         Ok(p) => p,
         Err(e) => {
-            let extras = Extras {
-                twin_error: Some(e),
-                ..Extras::default()
-            };
-            let page = device_page(&ctx, &session, &id, extras).await?;
-            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+            return device_page_with(
+                &ctx,
+                &session,
+                &id,
+                StatusCode::BAD_REQUEST,
+                Extras {
+                    twin_error: Some(e),
+                    ..Extras::default()
+                },
+            )
+            .await;
         }
     };
     let etag = Some(etag.as_str()).filter(|e| !e.is_empty());
@@ -659,21 +676,31 @@ async fn save_twin(
                 .into_response(),
         ),
         Err(HubError::PreconditionFailed) => {
-            let extras = Extras {
-                twin_conflict: Some(text),
-                ..Extras::default()
-            };
-            let page = device_page(&ctx, &session, &id, extras).await?;
-            Ok((StatusCode::PRECONDITION_FAILED, page).into_response())
+            device_page_with(
+                &ctx,
+                &session,
+                &id,
+                StatusCode::PRECONDITION_FAILED,
+                Extras {
+                    twin_conflict: Some(text),
+                    ..Extras::default()
+                },
+            )
+            .await
         }
         Err(e) => {
             let e = PageError::from(e);
-            let extras = Extras {
-                twin_error: Some(e.message),
-                ..Extras::default()
-            };
-            let page = device_page(&ctx, &session, &id, extras).await?;
-            Ok((e.status, page).into_response())
+            device_page_with(
+                &ctx,
+                &session,
+                &id,
+                e.status,
+                Extras {
+                    twin_error: Some(e.message),
+                    ..Extras::default()
+                },
+            )
+            .await
         }
     }
 }
@@ -727,12 +754,17 @@ async fn send_c2d(
             Redirect::to(&format!("/portal/devices/{}?done=sent", url_encode(&id))).into_response(),
         ),
         Err(e) => {
-            let extras = Extras {
-                c2d_error: Some(e.message),
-                ..Extras::default()
-            };
-            let page = device_page(&ctx, &session, &id, extras).await?;
-            Ok((e.status, page).into_response())
+            device_page_with(
+                &ctx,
+                &session,
+                &id,
+                e.status,
+                Extras {
+                    c2d_error: Some(e.message),
+                    ..Extras::default()
+                },
+            )
+            .await
         }
     }
 }
