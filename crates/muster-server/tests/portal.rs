@@ -437,12 +437,36 @@ async fn the_session_expires_and_sign_out_ends_it() {
     .await;
     let mut b = Browser::admin(&server).await;
     assert_eq!(b.get("/portal/").await.status, 200);
+    // A live telemetry stream opened now ends with the session (it does not keep it alive).
+    let stream = b
+        .client
+        .get(format!("{}/portal/live", b.base))
+        .header(COOKIE, b.cookie.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let ended = tokio::spawn(tokio::time::timeout(
+        Duration::from_secs(15),
+        stream.bytes(),
+    ));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(b.get("/portal/").await.status, 200, "use keeps it alive");
     tokio::time::sleep(Duration::from_millis(1800)).await;
     let p = b.get("/portal/").await;
     assert_eq!(p.status, 303, "idle too long");
     assert!(p.location().starts_with("/portal/signin"));
+    let body = ended
+        .await
+        .unwrap()
+        .expect("the stream ends soon after its session");
+    assert!(body.unwrap().is_empty(), "no events were stored");
     // Sign out: the cookie is cleared and the old session id is dead.
     let mut b = Browser::admin(&server).await;
     let csrf = b.get("/portal/").await.csrf();

@@ -830,24 +830,41 @@ struct LiveQuery {
 
 /// Server-sent events: each stored event from now on (`event: telemetry`, data = the event
 /// as the REST event stream shows it), for one device or the whole hub.
+/// How often an open live stream checks that its session is still alive.
+const LIVE_SESSION_CHECK: Duration = Duration::from_secs(5);
+
+/// Server-sent events: each stored event from now on (`event: telemetry`, data = the event
+/// as the REST event stream shows it), for one device or the whole hub. The stream ends when
+/// its session does (expiry or sign-out), checked at least every [`LIVE_SESSION_CHECK`].
 async fn live(
     State(ctx): Ctx,
     Extension(session): Sess,
+    headers: axum::http::HeaderMap,
     Query(q): Query<LiveQuery>,
 ) -> Result<impl IntoResponse, PageError> {
     need_read(&session)?;
+    let session_id = super::cookie_session(&headers).unwrap_or_default();
     let log = Arc::clone(ctx.hub.events());
     let start = log.latest();
     let watch = {
         let l: &dyn muster_store::events::EventLog = log.as_ref();
         l.subscribe()
     };
-    let state = (log, default_hub(&ctx), q.device, start, watch);
+    let hub = default_hub(&ctx);
+    let state = (ctx, session_id, hub, q.device, start, watch);
     let stream = futures_util::stream::unfold(
         state,
-        |(log, hub, device, mut cursor, mut watch)| async move {
+        |(ctx, sid, hub, device, mut cursor, mut watch)| async move {
             loop {
-                match log.read(&hub, cursor, device.as_deref(), 64).await {
+                if !ctx.portal.is_live(&sid) {
+                    return None;
+                }
+                match ctx
+                    .hub
+                    .events()
+                    .read(&hub, cursor, device.as_deref(), 64)
+                    .await
+                {
                     Ok(batch) if !batch.is_empty() => {
                         let events: Vec<Result<SseEvent, Infallible>> = batch
                             .iter()
@@ -862,7 +879,7 @@ async fn live(
                         }
                         return Some((
                             futures_util::stream::iter(events),
-                            (log, hub, device, cursor, watch),
+                            (ctx, sid, hub, device, cursor, watch),
                         ));
                     }
                     Ok(_) => {}
@@ -871,7 +888,8 @@ async fn live(
                         return None;
                     }
                 }
-                if watch.changed().await.is_err() {
+                if let Ok(Err(_)) = tokio::time::timeout(LIVE_SESSION_CHECK, watch.changed()).await
+                {
                     return None;
                 }
             }

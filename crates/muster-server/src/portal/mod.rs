@@ -149,7 +149,7 @@ pub(crate) fn routes(ctx: &Arc<Context>) -> Router<Arc<Context>> {
 }
 
 /// The session id in the request's cookie.
-fn cookie_session(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn cookie_session(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

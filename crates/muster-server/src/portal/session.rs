@@ -313,6 +313,15 @@ impl Portal {
         Some(s.clone())
     }
 
+    /// Whether the session with this id is alive, without restarting its idle clock (a live
+    /// stream must not keep its session alive on its own).
+    pub(crate) fn is_live(&self, id: &str) -> bool {
+        let now = Instant::now();
+        self.sessions
+            .lock()
+            .is_ok_and(|s| s.get(id).is_some_and(|s| !self.expired(s, now)))
+    }
+
     /// End a session.
     pub(crate) fn sign_out(&self, id: &str) {
         if let Ok(mut sessions) = self.sessions.lock() {
