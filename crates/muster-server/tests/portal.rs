@@ -172,6 +172,17 @@ async fn unauthenticated_requests_get_the_sign_in_page() {
         .send(Method::GET, "/devices/sneaky", None, &[])
         .await;
     assert_eq!(status, 404);
+    // Health and readiness answer load balancers without a sign-in.
+    let health = b.get("/healthz").await;
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
+    let ready = b.get("/readyz").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (200, r#"{"status":"ready"}"#)
+    );
     // The script and stylesheet are public and embedded.
     let js = b.get("/portal/assets/portal.js").await;
     assert_eq!(js.status, 200);

@@ -430,6 +430,9 @@ pub(crate) struct ServeArgs {
     /// Data directory (created on first start) [default: ./muster-data].
     #[arg(long, env = "MUSTER_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line) for log collectors.
+    #[arg(long, env = "MUSTER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
     /// TOML configuration file (see `muster config default`).
     #[arg(long, env = "MUSTER_CONFIG")]
     pub(crate) config: Option<PathBuf>,
@@ -453,6 +456,15 @@ pub(crate) struct ServeArgs {
     /// [default: localhost]. From the environment: MUSTER_HOSTNAMES, comma-separated.
     #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]
     pub(crate) hostnames: Vec<String>,
+}
+
+/// How `muster serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `fields`, `spans`.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

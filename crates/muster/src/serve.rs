@@ -12,16 +12,19 @@ use crate::cli::ServeArgs;
 /// Written by the server so `info` and the management commands find it.
 const ENDPOINT_FILE: &str = muster_server::ENDPOINT_FILE;
 
-fn init_logging() {
+fn init_logging(format: crate::cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        crate::cli::LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        crate::cli::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 /// Defaults ← `--config` file ← flags.
@@ -60,7 +63,7 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
 }
 
 pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
-    init_logging();
+    init_logging(args.log_format);
     let config = load_config(args)?;
     match muster_server::raise_open_file_limit() {
         Ok((before, after)) if after > before => tracing::info!(
@@ -86,6 +89,9 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Take over SIGTERM and SIGINT before the server announces itself (endpoint.json), so a
+        // stop that arrives at once is an orderly one.
+        let signals = Signals::install();
         let running = muster_server::start(config.clone()).await?;
         if let Some(password) = &running.admin_password {
             out!(
@@ -98,7 +104,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
         }
         let token = running.shutdown_token();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.wait().await;
             tracing::info!("shutting down");
             token.cancel();
         });
@@ -108,27 +114,38 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered when made (Ctrl-C elsewhere).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                unix: signal(SignalKind::terminate())
+                    .and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+                    .ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.unix {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

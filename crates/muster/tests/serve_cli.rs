@@ -457,3 +457,39 @@ fn the_open_file_limit_is_raised_or_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn log_format_json_writes_one_object_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = muster()
+        .args(["serve", "--log-format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+            "--portal-port",
+            "0",
+            "--amqp-port",
+            "0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_endpoint(dir.path());
+    let stderr = child.stderr.take().unwrap();
+    stop(child);
+    let text = std::io::read_to_string(stderr).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "start and stop are logged: {text}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["timestamp"].is_string(), "{line}");
+        assert!(v["fields"].is_object(), "{line}");
+    }
+    assert!(text.contains("\"stopped\""), "{text}");
+}

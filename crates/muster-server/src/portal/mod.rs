@@ -30,6 +30,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use tracing::{info, warn};
 
+pub(crate) use hub::default_hub;
 pub(crate) use session::{Portal, Session, Settings};
 pub use session::{admin_hash_path, ensure_admin_password, set_admin_password};
 
@@ -395,7 +396,7 @@ async fn sign_out(State(ctx): Ctx, headers: HeaderMap) -> Response {
 }
 
 async fn home(State(ctx): Ctx, axum::Extension(session): axum::Extension<Session>) -> Markup {
-    let hub = hub::default_hub(&ctx);
+    let hub = default_hub(&ctx);
     let body = html! {
         h1 { "muster" }
         p { "A self-hosted Device Provisioning Service and IoT hub." }

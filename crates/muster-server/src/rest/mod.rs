@@ -10,6 +10,7 @@ mod dps_device;
 mod dps_service;
 pub(crate) mod events;
 mod fallback;
+mod health;
 mod hub_device;
 pub(crate) mod hub_service;
 mod routing;
@@ -131,6 +132,8 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
             r.route(path, axum::routing::get(crate::websocket::upgrade))
         });
     Router::new()
+        .route("/healthz", axum::routing::get(health::healthz))
+        .route("/readyz", axum::routing::get(health::readyz))
         .merge(crate::portal::routes(&ctx))
         .merge(management)
         .merge(hub)
