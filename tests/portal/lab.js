@@ -106,6 +106,10 @@ async function main() {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   page.on("dialog", (d) => d.accept());
+  // Anything the Content-Security-Policy blocked, or any script error, fails the run.
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") pageErrors.push(m.text()); });
   const shot = async (name) => { if (SHOTS) await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true }); };
   const heading = (text) => page.getByRole("heading", { level: 1, name: text });
   const noticeOk = async () => { await page.getByRole("status").filter({ hasText: /Saved|uploaded|verified|generated|Deleted|Device/ }).first().waitFor(); };
@@ -269,6 +273,8 @@ async function main() {
     if (overflow > 2) throw new Error(`the devices page scrolls sideways on a narrow screen by ${overflow}px`);
     await shot("13-narrow-devices");
 
+    // The portal's own requests never fail in the browser (a refused form would log a 4xx; none is expected).
+    if (pageErrors.length) throw new Error(`errors in the page: ${pageErrors.join(" | ")}`);
     console.log(JSON.stringify({ ok: true, reported: reported.properties.reported.telemetryDelay, gaps }));
   } catch (e) {
     if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "failure.png"), fullPage: true }).catch(() => {});

@@ -150,6 +150,19 @@ async fn unauthenticated_requests_get_the_sign_in_page() {
     let p = b.get(p.location()).await;
     assert_eq!(p.status, 200);
     assert!(p.body.contains("Sign in to muster"));
+    // No framing, no inline script, no sniffing, no caching of pages.
+    let csp = p.headers["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "frame-ancestors 'none'",
+        "script-src 'self'",
+        "default-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert_eq!(p.headers["x-frame-options"], "DENY");
+    assert_eq!(p.headers["x-content-type-options"], "nosniff");
+    assert_eq!(p.headers["cache-control"], "no-store");
+    assert!(!p.body.contains("<script>"), "no inline script");
     assert!(
         p.body.contains("value=\"/portal/devices?q=x\""),
         "the page returns there after sign-in"

@@ -187,7 +187,7 @@ fn certificates_page(
             form method="post" action="/portal/certificates" enctype="multipart/form-data" {
                 (view::csrf(session))
                 label for="cert-name" { "Certificate name" }
-                input id="cert-name" name="name" required pattern="[A-Za-z0-9_.-]{1,128}";
+                input id="cert-name" name="name" required pattern="[A-Za-z0-9_.\\-]{1,128}";
                 label for="cert-file" { "Certificate .pem or .cer file" }
                 input id="cert-file" name="file" type="file" accept=".pem,.cer,.crt,.der" required;
                 label class="check" {

@@ -122,7 +122,7 @@ impl IntoResponse for PageError {
             main class="narrow" {
                 h1 { "Something went wrong" }
                 (view::alert(&self.message))
-                p { a href="javascript:history.back()" { "Go back" } " · " a href="/portal/" { "Home" } }
+                p { a href="/portal/" { "Home" } }
             }
         };
         (self.status, view::bare("Error", body)).into_response()
@@ -147,6 +147,35 @@ pub(crate) fn routes(ctx: &Arc<Context>) -> Router<Arc<Context>> {
         .route("/portal/signin", get(sign_in_page).post(sign_in))
         .route("/portal/assets/{name}", get(assets::serve))
         .merge(guarded)
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// What every portal response may load and where it may be shown: only this origin's own
+/// script and stylesheet, no inline script, no framing (clickjacking), no MIME sniffing, no
+/// referrer, and pages (which show keys and twins) never cached.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+
+async fn security_headers(req: Request<Body>, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    r
 }
 
 /// The session id in the request's cookie.

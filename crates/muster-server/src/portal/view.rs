@@ -23,6 +23,8 @@ fn head(title: &str) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="referrer" content="no-referrer";
             title { (title) " · muster" }
+            // No favicon request (it would reach the REST API's answer for unknown paths).
+            link rel="icon" href="data:,";
             link rel="stylesheet" href="/portal/assets/portal.css";
             script src="/portal/assets/portal.js" defer {}
         }
