@@ -94,13 +94,23 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
         let signals = Signals::install();
         let running = muster_server::start(config.clone()).await?;
         if let Some(password) = &running.admin_password {
-            out!(
-                "portal admin password (shown once; `muster portal reset-admin-password` makes a new one): {password}"
-            );
-            out!(
-                "portal: {} — sign in as admin",
+            // One write, and a closed stdout does not stop a running server (other commands
+            // end quietly on one).
+            use std::io::Write as _;
+            let text = format!(
+                "portal admin password (shown once; `muster portal reset-admin-password` makes a new one): {password}\nportal: {} — sign in as admin\n",
                 field(&running.info, "portalUrl").as_str().unwrap_or_default()
             );
+            let mut stdout = std::io::stdout().lock();
+            if stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                tracing::warn!(
+                    "stdout is closed, so the portal admin password could not be shown: `muster portal reset-admin-password` makes a new one"
+                );
+            }
         }
         let token = running.shutdown_token();
         tokio::spawn(async move {

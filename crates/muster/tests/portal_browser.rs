@@ -65,8 +65,9 @@ fn the_lab_in_a_browser() {
     let stdout = child.stdout.take().unwrap();
     let _server = Killed(child);
     // The admin password is printed once, at first start.
+    let mut lines = std::io::BufReader::new(stdout).lines();
     let mut password = None;
-    for line in std::io::BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some((_, p)) = line.split_once("makes a new one): ") {
             password = Some(p.trim().to_owned());
@@ -74,6 +75,8 @@ fn the_lab_in_a_browser() {
         }
     }
     let password = password.expect("serve prints the portal admin password at first start");
+    // Keep reading what the server prints, so its stdout stays open.
+    std::thread::spawn(move || lines.for_each(drop));
     let endpoint = data.join("endpoint.json");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !endpoint.exists() {

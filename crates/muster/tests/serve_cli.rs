@@ -493,3 +493,34 @@ fn log_format_json_writes_one_object_a_line() {
     }
     assert!(text.contains("\"stopped\""), "{text}");
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = muster()
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+            "--portal-port",
+            "0",
+            "--amqp-port",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nobody reads what the first start prints (the admin password).
+    drop(child.stdout.take());
+    wait_for_endpoint(dir.path());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "serve keeps running with its stdout closed"
+    );
+    stop(child);
+}
