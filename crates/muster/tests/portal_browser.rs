@@ -45,19 +45,7 @@ fn the_lab_in_a_browser() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = muster()
-        .args(["serve", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--mqtt-port",
-            "0",
-            "--https-port",
-            "0",
-            "--portal-port",
-            "0",
-            "--amqp-port",
-            "0",
-        ])
+    let mut child = common::serve(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

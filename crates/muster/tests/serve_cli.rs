@@ -29,8 +29,10 @@ fn wait_for_endpoint(dir: &Path) {
     }
 }
 
-fn start(dir: &Path) -> Child {
-    let child = muster()
+/// `muster serve` on `DIR/data` with every port ephemeral (flags may follow).
+fn serve(dir: &Path) -> Command {
+    let mut command = muster();
+    command
         .args(["serve", "--data-dir"])
         .arg(dir.join("data"))
         .args([
@@ -42,7 +44,12 @@ fn start(dir: &Path) -> Child {
             "0",
             "--amqp-port",
             "0",
-        ])
+        ]);
+    command
+}
+
+fn start(dir: &Path) -> Child {
+    let child = serve(dir)
         .env("MUSTER_HOSTNAMES", "localhost,hub2.local")
         .stderr(Stdio::null())
         .spawn()
@@ -461,19 +468,8 @@ fn the_open_file_limit_is_raised_or_reported() {
 #[test]
 fn log_format_json_writes_one_object_a_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = muster()
-        .args(["serve", "--log-format", "json", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--mqtt-port",
-            "0",
-            "--https-port",
-            "0",
-            "--portal-port",
-            "0",
-            "--amqp-port",
-            "0",
-        ])
+    let mut child = serve(dir.path())
+        .args(["--log-format", "json"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -497,19 +493,7 @@ fn log_format_json_writes_one_object_a_line() {
 #[test]
 fn a_closed_stdout_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = muster()
-        .args(["serve", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--mqtt-port",
-            "0",
-            "--https-port",
-            "0",
-            "--portal-port",
-            "0",
-            "--amqp-port",
-            "0",
-        ])
+    let mut child = serve(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -18,6 +18,22 @@ pub fn muster() -> Command {
     Command::new(env!("CARGO_BIN_EXE_muster"))
 }
 
+/// `muster serve --data-dir DATA` with every port ephemeral (flags may follow).
+pub fn serve(data: &std::path::Path) -> Command {
+    let mut command = muster();
+    command.args(["serve", "--data-dir"]).arg(data).args([
+        "--mqtt-port",
+        "0",
+        "--https-port",
+        "0",
+        "--portal-port",
+        "0",
+        "--amqp-port",
+        "0",
+    ]);
+    command
+}
+
 /// A running server; killed on drop.
 pub struct Server {
     pub child: Child,
@@ -29,19 +45,7 @@ pub struct Server {
 impl Server {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let child = muster()
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--mqtt-port",
-                "0",
-                "--https-port",
-                "0",
-                "--portal-port",
-                "0",
-                "--amqp-port",
-                "0",
-            ])
+        let child = serve(&dir.path().join("data"))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
