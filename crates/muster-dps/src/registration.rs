@@ -199,6 +199,25 @@ impl Dps {
         &self,
         request: RegistrationRequest<'_>,
     ) -> Result<RegistrationState, DpsError> {
+        let result = self.register_inner(request).await;
+        let outcome = match &result {
+            Ok(state) => match state.status.as_str() {
+                "assigned" => "assigned",
+                "disabled" => "disabled",
+                _ => "failed",
+            },
+            Err(DpsError::Unauthorized { .. }) => "unauthorized",
+            Err(DpsError::InvalidInput(_)) => "invalid",
+            Err(_) => "failed",
+        };
+        muster_metrics::metrics().registration(outcome);
+        result
+    }
+
+    async fn register_inner(
+        &self,
+        request: RegistrationRequest<'_>,
+    ) -> Result<RegistrationState, DpsError> {
         check_id("registration id", request.registration_id)?;
         // Registration ids are case-insensitive (as in Azure): one lower-case form keys every
         // lookup and record, so `DEV1` cannot sidestep an enrollment made for `dev1`. The SAS

@@ -146,6 +146,7 @@ impl Registry {
                 Precondition::IfNoneMatch,
             )
             .await?;
+        muster_metrics::metrics().c2d_enqueued.inc();
         info!(
             hub,
             device_id = id,
@@ -251,6 +252,14 @@ impl Registry {
                     > now
             })
             .count())
+    }
+
+    /// Cloud-to-device messages waiting across every hub and device.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn c2d_depth(&self) -> Result<u64, HubError> {
+        Ok(self.store.count(Collection::C2dMessages).await?)
     }
 
     /// Remove every message queued for a device (`az iot device c2d-message purge`); returns

@@ -373,9 +373,12 @@ impl Hub {
         sender: &Identity,
         batch: Vec<Telemetry>,
     ) -> Result<(), IngestError> {
+        let metrics = muster_metrics::metrics();
         if let Some(m) = batch.iter().find(|m| m.body.len() > MAX_TELEMETRY) {
+            metrics.telemetry_refused.inc_by(batch.len() as u64);
             return Err(IngestError::TooLarge { size: m.body.len() });
         }
+        let bytes: usize = batch.iter().map(|m| m.body.len()).sum();
         let now = time::OffsetDateTime::now_utc();
         let table = match self.routing(&sender.hub).await {
             Ok(t) => Some(t),
@@ -398,10 +401,19 @@ impl Hub {
             self.events.append(event)
         });
         let mut stored = 0u64;
+        let mut failed = None;
         for result in futures_util::future::join_all(appends).await {
-            result.map_err(IngestError::Unavailable)?;
-            stored += 1;
+            match result {
+                Ok(_) => stored += 1,
+                Err(e) => failed = Some(e),
+            }
         }
+        if let Some(e) = failed {
+            metrics.telemetry_refused.inc_by(stored.max(1));
+            return Err(IngestError::Unavailable(e));
+        }
+        metrics.telemetry_messages.inc_by(stored);
+        metrics.telemetry_bytes.inc_by(bytes as u64);
         self.throughput.record(
             &sender.hub,
             stored,
@@ -674,6 +686,24 @@ impl Hub {
         if self.registry.device_document(hub, id).await?.is_none() {
             return Err(crate::registry::not_found(id));
         }
+        let started = std::time::Instant::now();
+        let result = self.call_method(hub, id, call).await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(HubError::GatewayTimeout(_)) => "timeout",
+            Err(HubError::DeviceNotOnline(_)) => "offline",
+            Err(_) => "failed",
+        };
+        muster_metrics::metrics().method(outcome, started.elapsed());
+        result
+    }
+
+    async fn call_method(
+        &self,
+        hub: &str,
+        id: &str,
+        call: MethodCall,
+    ) -> Result<MethodResult, HubError> {
         let key = docs::key(hub, id);
         if !self.presence.is_connected(&key) {
             return Err(HubError::DeviceNotOnline(id.to_owned()));

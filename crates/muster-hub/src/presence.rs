@@ -144,6 +144,19 @@ impl Presence {
         tx.is_some_and(|tx| tx.try_send(event).is_ok())
     }
 
+    /// How many identities are connected to this node.
+    pub fn len(&self) -> usize {
+        self.live
+            .iter()
+            .map(|s| s.lock().map_or(0, |l| l.len()))
+            .sum()
+    }
+
+    /// Whether no identity is connected to this node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether an identity is connected to this node.
     pub fn is_connected(&self, key: &str) -> bool {
         self.shard(key).lock().is_ok_and(|l| l.contains_key(key))

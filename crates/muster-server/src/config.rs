@@ -30,6 +30,11 @@ https_port = 8443
 # not ask for a client certificate, so a browser shows no certificate picker.
 portal_port = 8444
 
+# Prometheus metrics over plain HTTP at http://ADDRESS/metrics, without authentication: bind it to
+# a private address. Unset, /metrics is served only on the HTTPS port, to a caller with a hub or
+# DPS policy's SAS token.
+# metrics_bind = "127.0.0.1:9464"
+
 # Host names the server certificate covers. The first is the provisioning host and the host of
 # the default hub, returned to devices as `assignedHub`; each name is one logical hub.
 hostnames = ["localhost"]
@@ -184,6 +189,8 @@ pub struct Config {
     pub https_port: u16,
     /// Portal HTTPS port, without client-certificate requests (0 = any free port).
     pub portal_port: u16,
+    /// Plain-HTTP address for `/metrics` (no authentication), if any.
+    pub metrics_bind: Option<std::net::SocketAddr>,
     /// Host names; the first is the DPS host and the default hub.
     pub hostnames: Vec<String>,
     /// Limits.
@@ -205,6 +212,7 @@ impl Default for Config {
             amqp_port: 5671,
             https_port: 8443,
             portal_port: 8444,
+            metrics_bind: None,
             hostnames: vec!["localhost".to_owned()],
             limits: Limits::default(),
             dps: DpsSettings::default(),

@@ -77,6 +77,18 @@ pub(crate) fn error_reply(e: &DpsError) -> Reply {
     }
 }
 
+/// A registration refused before attestation, counted by its outcome (what attestation
+/// decides is counted by `Dps::register`).
+fn refused(e: &DpsError) -> Reply {
+    let outcome = match e {
+        DpsError::Unauthorized { .. } => "unauthorized",
+        DpsError::Throttled { .. } => "throttled",
+        _ => "invalid",
+    };
+    muster_metrics::metrics().registration(outcome);
+    error_reply(e)
+}
+
 /// Handle a register request body (`{"registrationId":…, "payload":…}`).
 pub(crate) async fn register(
     dps: &Dps,
@@ -94,7 +106,7 @@ pub(crate) async fn register(
             Ok(v) => v,
             Err(e) => {
                 warn!(registration_id, error = %e, "register request is not JSON");
-                return error_reply(&DpsError::InvalidInput(format!(
+                return refused(&DpsError::InvalidInput(format!(
                     "the request body is not valid JSON: {e}"
                 )));
             }
@@ -107,7 +119,7 @@ pub(crate) async fn register(
             registration_id,
             claimed, "registration id in the body differs from the connection's"
         );
-        return error_reply(&DpsError::InvalidInput(
+        return refused(&DpsError::InvalidInput(
             "registrationId in the body differs from the one the device connected as".into(),
         ));
     }
@@ -116,12 +128,12 @@ pub(crate) async fn register(
         && p.to_string().len() > MAX_PAYLOAD
     {
         warn!(registration_id, "registration payload over the limit");
-        return error_reply(&DpsError::InvalidInput(format!(
+        return refused(&DpsError::InvalidInput(format!(
             "the registration payload is larger than {MAX_PAYLOAD} bytes"
         )));
     }
     if matches!(credential, Credential::None) {
-        return error_reply(&DpsError::Unauthorized {
+        return refused(&DpsError::Unauthorized {
             reason: "no client certificate and no SAS token".into(),
         });
     }
@@ -131,7 +143,7 @@ pub(crate) async fn register(
             registration_id,
             "registration throttled by the scope's rate limit"
         );
-        return error_reply(&DpsError::Throttled {
+        return refused(&DpsError::Throttled {
             retry_after_secs: retry_after.max(1),
         });
     }
@@ -140,7 +152,7 @@ pub(crate) async fn register(
             registration_id,
             "too many registrations awaiting their poll"
         );
-        return error_reply(&DpsError::Throttled {
+        return refused(&DpsError::Throttled {
             retry_after_secs: retry_after.max(1),
         });
     }

@@ -28,6 +28,7 @@ pub mod config;
 mod device_api;
 mod json;
 pub mod lock;
+mod metrics;
 mod mqtt;
 mod operations;
 pub mod portal;
@@ -131,6 +132,8 @@ pub struct Running {
     pub https_addr: SocketAddr,
     /// Where the portal's HTTPS (no client-certificate request) listens.
     pub portal_addr: SocketAddr,
+    /// Where plain-HTTP `/metrics` listens (`metrics_bind`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     /// `muster info` for this server.
     pub info: Value,
     /// The portal's admin password when this start created it (shown once, never stored).
@@ -305,6 +308,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let (amqp_listener, amqp_addr) = listen(config.amqp_port).await?;
     let (https_listener, https_addr) = listen(config.https_port).await?;
     let (portal_listener, portal_addr) = listen(config.portal_port).await?;
+    let metrics_listener = match config.metrics_bind {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let lock = lock::DataDirLock::acquire(&config.data_dir)?;
 
     let (ctx, paths, state) = build_context(&config)?;
@@ -381,6 +393,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown.clone(),
         tracker.clone(),
     ));
+    if let Some(listener) = metrics_listener {
+        tracker.spawn(metrics::serve_plain(
+            listener,
+            Arc::clone(&ctx),
+            shutdown.clone(),
+        ));
+    }
     let info = info(&config, &paths, &state, ports);
     let _ = ctx.info.set(info.clone());
     info!(
@@ -388,6 +407,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         amqp = %amqp_addr,
         https = %https_addr,
         portal = %portal_addr,
+        metrics = metrics_addr.map(|a| format!("http://{a}/metrics")),
         id_scope = state.id_scope,
         hostname = config.dps_host(),
         "muster is serving"
@@ -397,6 +417,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         amqp_addr,
         https_addr,
         portal_addr,
+        metrics_addr,
         info,
         admin_password,
         shutdown,

@@ -125,6 +125,13 @@ pub(crate) async fn upgrade(
         };
         let stream = muster_ws::accept(TokioIo::new(upgraded)).await;
         let chain = Ok(chain.0.as_ref().clone());
+        let _open = muster_metrics::metrics().connection(
+            "websocket",
+            match protocol {
+                Protocol::Mqtt => "mqtt",
+                Protocol::Amqp => "amqp",
+            },
+        );
         match protocol {
             Protocol::Mqtt => {
                 crate::mqtt::session(stream, chain, &ctx, &tunnels.shutdown).await;

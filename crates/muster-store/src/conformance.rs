@@ -173,6 +173,9 @@ async fn namespaces_and_listing(store: &dyn Store) {
         keys(store.list(r, Some("ga"), Some("d1"), 1).await.unwrap()),
         ["d3"]
     );
+    // Counting is per collection.
+    assert_eq!(store.count(r).await.unwrap(), 5);
+    assert_eq!(store.count(Collection::Enrollments).await.unwrap(), 1);
 }
 
 /// Batches are all or nothing (after [`namespaces_and_listing`], which leaves `d1`).

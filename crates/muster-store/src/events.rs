@@ -331,6 +331,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         // Partition numbers advance only when the batch commits.
         let mut numbering = std::collections::HashMap::new();
         let result = (|| -> rusqlite::Result<Vec<u64>> {
@@ -392,6 +393,7 @@ fn writer_loop(
         })();
         match result {
             Ok(seqs) => {
+                muster_metrics::metrics().commit(batch.len(), started.elapsed());
                 next_pseq.extend(numbering);
                 if let Some(last) = seqs.last() {
                     latest.send_replace(*last);

@@ -220,6 +220,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply all writes atomically; returns the new etag of each write (empty for deletes).
     async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<String>, StoreError>;
+
+    /// How many records a collection holds. The default pages through [`Store::list`];
+    /// backends count in place.
+    async fn count(&self, collection: Collection) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(collection, None, after.as_deref(), 1000).await?;
+            total += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == 1000 => after = Some(last.key.clone()),
+                _ => return Ok(total),
+            }
+        }
+    }
 }
 
 /// A new etag: 16 hex characters, random, unique across nodes in practice.

@@ -297,6 +297,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count(&self, collection: Collection) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM documents WHERE collection = ?1")
+                .map_err(backend)?
+                .query_row(params![collection.name()], |r| r.get(0))
+                .map_err(backend)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<String>, StoreError> {
         self.with(move |c| {
             let tx = c.transaction().map_err(backend)?;

@@ -452,6 +452,11 @@ pub(crate) struct ServeArgs {
     /// certificate [default: 8444].
     #[arg(long, env = "MUSTER_PORTAL_PORT")]
     pub(crate) portal_port: Option<u16>,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics, without authentication
+    /// (bind a private address). Without it, /metrics is on the HTTPS port for a caller with a
+    /// hub or DPS policy's SAS token.
+    #[arg(long, env = "MUSTER_METRICS_BIND", value_name = "ADDR:PORT")]
+    pub(crate) metrics_bind: Option<std::net::SocketAddr>,
     /// Host name devices and clients use; repeat for several hubs (the first is the DPS host)
     /// [default: localhost]. From the environment: MUSTER_HOSTNAMES, comma-separated.
     #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]

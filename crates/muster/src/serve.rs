@@ -55,6 +55,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(p) = args.portal_port {
         config.portal_port = p;
     }
+    if let Some(a) = args.metrics_bind {
+        config.metrics_bind = Some(a);
+    }
     if !args.hostnames.is_empty() {
         config.hostnames.clone_from(&args.hostnames);
     }

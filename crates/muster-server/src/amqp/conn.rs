@@ -190,6 +190,7 @@ impl Shared {
         }
         let hub = self.ctx.hub.hub_for_host(host);
         let key = identity_key(&hub, device_id, module_id);
+        tracing::Span::current().record("device_id", device_id);
         let valid = |e: &Arc<DeviceEntry>| {
             e.expires().is_none_or(|x| x > now()) && !e.revoked.is_cancelled()
         };

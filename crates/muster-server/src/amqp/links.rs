@@ -97,11 +97,13 @@ pub(super) async fn session(mut session: ListenerSessionHandle, shared: Arc<Shar
         }
         let tracker = shared.tracker.clone();
         let shared = Arc::clone(&shared);
+        // The device id is recorded once the link is authorized (conn::authorize_device).
+        let span = tracing::info_span!("link", address = %raw, device_id = tracing::field::Empty);
         let serve = async move {
             serve_link(&shared, raw, link, extras).await;
             shared.remove_link();
         };
-        tracker.spawn(tracing::Instrument::in_current_span(serve));
+        tracker.spawn(tracing::Instrument::instrument(serve, span));
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, session.end()).await;
 }

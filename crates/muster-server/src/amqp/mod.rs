@@ -82,9 +82,16 @@ async fn handle(
     let tls = match tokio::time::timeout(ctx.limits.connect_timeout, acceptor.accept(socket)).await
     {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-        Err(_) => return debug!("connection timed out before the TLS handshake completed"),
+        Ok(Err(e)) => {
+            crate::metrics::tls_failed("amqp", &e);
+            return debug!(error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            crate::metrics::tls_timed_out("amqp");
+            return debug!("connection timed out before the TLS handshake completed");
+        }
     };
+    let _open = muster_metrics::metrics().connection("tls", "amqp");
     let (_, session) = tls.get_ref();
     let chain = crate::tls::peer_chain(session.peer_certificates());
     let sni = session.server_name().map(str::to_owned);

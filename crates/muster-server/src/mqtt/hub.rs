@@ -160,7 +160,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let reason = "the client id is not the device (or device/module) id of the username";
         return refuse(conn, ConnectReturnCode::IdentifierRejected, reason).await;
     }
-    tracing::Span::current().record("registration_id", client_id.as_str());
+    tracing::Span::current().record("device_id", client_id.as_str());
     let chain = peer.unwrap_or_default();
     let credential = match connect.password.as_deref().map(std::str::from_utf8) {
         Some(Ok(token)) => Credential::Sas(token),

@@ -40,7 +40,7 @@ pub(crate) async fn serve(
         max,
         shutdown,
         tracker,
-        |peer| info_span!("mqtt", %peer, registration_id = tracing::field::Empty),
+        |peer| info_span!("mqtt", %peer, registration_id = tracing::field::Empty, device_id = tracing::field::Empty),
         move |socket| {
             let (ctx, acceptor, shutdown) = (Arc::clone(&ctx), acceptor.clone(), stop.clone());
             async move { handle(socket, &ctx, &acceptor, &shutdown).await }
@@ -57,10 +57,10 @@ async fn handle(
 ) {
     let deadline = ctx.limits.connect_timeout;
     let setup = async {
-        let tls = acceptor
-            .accept(socket)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let tls = acceptor.accept(socket).await.map_err(|e| {
+            crate::metrics::tls_failed("mqtt", &e);
+            format!("TLS handshake failed: {e}")
+        })?;
         let peer = crate::tls::peer_chain(tls.get_ref().1.peer_certificates());
         Ok::<_, String>((tls, peer))
     };
@@ -71,10 +71,12 @@ async fn handle(
             return;
         }
         Err(_) => {
+            crate::metrics::tls_timed_out("mqtt");
             debug!("connection timed out before the TLS handshake completed");
             return;
         }
     };
+    let _open = muster_metrics::metrics().connection("tls", "mqtt");
     session(stream, peer, ctx, shutdown).await;
 }
 

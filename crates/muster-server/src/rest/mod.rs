@@ -134,6 +134,7 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/healthz", axum::routing::get(health::healthz))
         .route("/readyz", axum::routing::get(health::readyz))
+        .route("/metrics", axum::routing::get(crate::metrics::authorized))
         .merge(crate::portal::routes(&ctx))
         .merge(management)
         .merge(hub)
@@ -190,14 +191,17 @@ pub(crate) async fn serve(
                 let tls = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
+                        crate::metrics::tls_failed("https", &e);
                         debug!(error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        crate::metrics::tls_timed_out("https");
                         debug!("TLS handshake timed out");
                         return;
                     }
                 };
+                let _open = muster_metrics::metrics().connection("tls", "https");
                 let chain = match crate::tls::peer_chain(tls.get_ref().1.peer_certificates()) {
                     Ok(c) => c,
                     Err(reason) => {
