@@ -12,6 +12,8 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$BENCH_DIR/.." && pwd)
 REPEAT=${REPEAT:-3}
 BENCH_PIDS=()
+# Extra `muster serve` flags for bench_start_server.
+BENCH_SERVE_ARGS=()
 WORK=
 BENCH_SECTION=bench
 
@@ -289,7 +291,8 @@ bench_start_server() {
     mkdir -p "$data"
     rm -f "$data/endpoint.json"
     MUSTER_LOG=${MUSTER_LOG:-warn} RUST_LOG=${RUST_LOG:-warn} \
-        "$MUSTER" serve --data-dir "$data" --mqtt-port 0 --amqp-port 0 --https-port 0 --portal-port 0 >>"$log" 2>&1 &
+        "$MUSTER" serve --data-dir "$data" --mqtt-port 0 --amqp-port 0 --https-port 0 --portal-port 0 \
+        ${BENCH_SERVE_ARGS[@]+"${BENCH_SERVE_ARGS[@]}"} >>"$log" 2>&1 &
     SERVER_PID=$!
     bench_track_pid "$SERVER_PID"
     deadline=$((SECONDS + 60))

@@ -131,6 +131,8 @@ pub struct FleetOptions {
     /// Keep minted identities here (`{id}.pem`, `{id}.key.pem`) and reuse them on later runs,
     /// so a fleet can connect with `--no-provision` to the devices an earlier run provisioned.
     pub identity_dir: Option<std::path::PathBuf>,
+    /// Make the telemetry phase a soak: service calls and reconnect churn mixed in.
+    pub soak: Option<crate::soak::SoakOptions>,
 }
 
 /// Live counters, readable while the fleet runs (for progress bars).
@@ -225,6 +227,9 @@ pub struct FleetReport {
     pub twin_fanout_total_ms: f64,
     /// Notifications received in the fan-out phase.
     pub twin_fanout_received: u64,
+    /// The soak's figures, when the telemetry phase was a soak.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<crate::soak::SoakReport>,
     /// The first distinct errors, with how often each happened.
     pub errors: Vec<ErrorCount>,
 }
@@ -240,13 +245,13 @@ pub struct ErrorCount {
     pub count: u64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 1 hour at 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .unwrap_or_else(|_| unreachable!("1 µs .. 1 h at 3 digits is a valid histogram"))
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -261,10 +266,10 @@ fn rate(count: u64, elapsed: Duration) -> f64 {
 
 /// Errors seen, counted by (phase, message); keeps at most 16 distinct ones.
 #[derive(Debug, Default)]
-struct Errors(Vec<ErrorCount>);
+pub(crate) struct Errors(Vec<ErrorCount>);
 
 impl Errors {
-    fn add(&mut self, phase: &'static str, message: String) {
+    pub(crate) fn add(&mut self, phase: &'static str, message: String) {
         if let Some(e) = self
             .0
             .iter_mut()
@@ -389,10 +394,12 @@ struct Ready {
 }
 
 /// A connected device.
-struct Connected {
-    device_id: String,
-    client: HubClient,
-    events: HubEvents,
+pub(crate) struct Connected {
+    pub(crate) device_id: String,
+    pub(crate) client: HubClient,
+    pub(crate) events: HubEvents,
+    /// How it connected (to connect again in a soak's churn).
+    pub(crate) options: HubOptions,
 }
 
 /// Identities minted per device (`None` where minting failed to run).
@@ -539,7 +546,7 @@ async fn connect(
             hub.max_in_flight = options.in_flight.clamp(1, 65_000);
             hub.reconnect.max_attempts = Some(3);
             let began = Instant::now();
-            match HubClient::connect(hub).await {
+            match HubClient::connect(hub.clone()).await {
                 Ok((client, events)) => {
                     progress.connected.fetch_add(1, Ordering::Relaxed);
                     Ok((
@@ -547,6 +554,7 @@ async fn connect(
                             device_id: device.device_id,
                             client,
                             events,
+                            options: hub,
                         },
                         began.elapsed(),
                     ))
@@ -627,9 +635,22 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
     progress.phase.store(1, Ordering::Relaxed);
     let mut fleet = connect(&options, ready, &limit, &progress, &mut report, &mut errors).await;
 
-    // Phase 3: telemetry.
+    // Phase 3: telemetry (or a soak).
     progress.phase.store(2, Ordering::Relaxed);
-    if !options.duration.is_zero() && !fleet.is_empty() {
+    if let Some(soak) = options.soak.clone()
+        && !options.duration.is_zero()
+        && !fleet.is_empty()
+    {
+        let (devices, figures, latency) =
+            crate::soak::run(&options, &soak, fleet, &progress, &mut errors).await;
+        fleet = devices;
+        report.messages_sent = progress.messages_sent.load(Ordering::Relaxed);
+        report.messages_acked = progress.messages_acked.load(Ordering::Relaxed);
+        report.publish_failed = progress.publish_failed.load(Ordering::Relaxed);
+        report.messages_per_sec = rate(report.messages_acked, options.duration);
+        report.publish_latency_ms = Percentiles::of(&latency);
+        report.soak = Some(figures);
+    } else if !options.duration.is_zero() && !fleet.is_empty() {
         let (latency, phase_errors) = telemetry(&options, &fleet, &progress).await;
         report.messages_sent = progress.messages_sent.load(Ordering::Relaxed);
         report.messages_acked = progress.messages_acked.load(Ordering::Relaxed);
@@ -672,7 +693,7 @@ pub async fn run(options: FleetOptions, progress: Arc<Progress>) -> Result<Fleet
 
 /// One reading as the lab's simulated device sends it: temperature 20–35 °C, humidity 60–80 %,
 /// `temperatureAlert` when above 30 °C.
-fn lab_reading() -> Message {
+pub(crate) fn lab_reading() -> Message {
     // A varied but reproducible stream of readings (splitmix64 of a counter).
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut z = NEXT

@@ -65,6 +65,7 @@ pub mod handshake;
 pub mod hub;
 pub mod identity;
 pub mod simulate;
+pub mod soak;
 
 pub use dps::{DpsCredentials, ProvisioningClient, ProvisioningOptions, Registration, Transport};
 pub use error::Error;

@@ -224,6 +224,30 @@ pub(crate) struct FleetArgs {
     /// Data directory of a local server, for `--fanout`'s connection string.
     #[arg(long, default_value = "./muster-data")]
     pub(crate) data_dir: PathBuf,
+    /// Make the telemetry phase a soak: each device sends one message per
+    /// --telemetry-interval, answers methods, echoes desired patches and receives C2D, while
+    /// the service side calls random devices and devices reconnect (churn).
+    #[arg(long)]
+    pub(crate) soak: bool,
+    /// Soak: service operations per second across the fleet (twin patch, C2D, method in turn).
+    #[arg(long, default_value_t = 10.0, requires = "soak")]
+    pub(crate) service_ops_per_sec: f64,
+    /// Soak: percent of the devices that disconnect and connect again each minute.
+    #[arg(long, default_value_t = 1.0, requires = "soak")]
+    pub(crate) churn_per_minute: f64,
+    /// Soak: write each device's ledger (messages sent, sequence numbers not acknowledged) here
+    /// as JSON lines, to check the event stream against.
+    #[arg(long, requires = "soak")]
+    pub(crate) soak_ledger: Option<PathBuf>,
+    /// Soak: the run's tag, sent as the `soakRun` property of every message [default: the
+    /// start time].
+    #[arg(long, requires = "soak")]
+    pub(crate) soak_run: Option<String>,
+    /// Read the server's Prometheus metrics here before and after the run (e.g. the
+    /// `--metrics-bind` address: http://127.0.0.1:9464/metrics) and print what changed next to
+    /// the fleet's own figures.
+    #[arg(long)]
+    pub(crate) metrics_url: Option<String>,
     /// Print the summary as one JSON object on the last line.
     #[arg(long)]
     pub(crate) json: bool,

@@ -141,7 +141,7 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
             Transport::Https => muster_device::hub::DEFAULT_PORT,
         }
     });
-    let fanout = if args.fanout {
+    let service = if args.fanout || args.soak {
         let text = match &args.hub_connection_string {
             Some(cs) => cs.clone(),
             None => crate::serve::local_info(&args.data_dir)?
@@ -192,9 +192,21 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
         } else {
             Vec::new()
         },
-        fanout,
+        fanout: if args.fanout { service.clone() } else { None },
         fanout_concurrency: args.fanout_concurrency,
         identity_dir: args.identity_dir.clone(),
+        soak: match (&service, args.soak) {
+            (Some(service), true) => Some(muster_device::soak::SoakOptions {
+                service: service.clone(),
+                service_ops_per_sec: args.service_ops_per_sec,
+                churn_per_minute: args.churn_per_minute / 100.0,
+                run_id: args.soak_run.clone().unwrap_or_else(|| {
+                    time::OffsetDateTime::now_utc().unix_timestamp().to_string()
+                }),
+                ledger: args.soak_ledger.clone(),
+            }),
+            _ => None,
+        },
     };
     if let Some(dir) = &args.identity_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -206,23 +218,154 @@ fn fleet(args: &FleetArgs, output: Output) -> Result<()> {
     let bars = !args.json
         && output != Output::Json
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = runtime.block_on(async {
+    let (report, server) = runtime.block_on(async {
+        let before = match &args.metrics_url {
+            Some(url) => Some(scrape(url).await?),
+            None => None,
+        };
         let watcher =
             bars.then(|| tokio::spawn(show_progress(std::sync::Arc::clone(&progress), devices)));
         let report = muster_device::fleet::run(options, std::sync::Arc::clone(&progress)).await;
         if let Some(w) = watcher {
             w.abort();
         }
-        report
+        let server = match (&args.metrics_url, before) {
+            (Some(url), Some(before)) => Some(server_figures(&before, &scrape(url).await?)),
+            _ => None,
+        };
+        anyhow::Ok((report?, server))
     })?;
     if args.json || output == Output::Json {
-        line(&serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some(o), Some(s)) = (v.as_object_mut(), &server) {
+            o.insert("serverMetrics".into(), s.clone());
+        }
+        line(&serde_json::to_string(&v)?);
     } else {
         for l in summary(&report) {
             line(&l);
         }
+        if let Some(s) = &server {
+            for l in server_summary(s) {
+                line(&l);
+            }
+        }
     }
     Ok(())
+}
+
+/// Read a Prometheus text page: series (name with labels) → value.
+async fn scrape(url: &str) -> Result<std::collections::BTreeMap<String, f64>> {
+    let text = reqwest::get(url)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("cannot read the server's metrics at {url}"))?
+        .text()
+        .await
+        .with_context(|| format!("cannot read the server's metrics at {url}"))?;
+    Ok(parse_metrics(&text))
+}
+
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What the server's metrics say about the run: counter increases and the gauges after it.
+fn server_figures(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> Value {
+    let delta =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let commits = delta("muster_event_log_commit_seconds_count");
+    let per_commit = |k: &str| {
+        if commits > 0.0 {
+            delta(k) / commits
+        } else {
+            0.0
+        }
+    };
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "telemetryStored".into(),
+        json!(delta("muster_telemetry_messages_total")),
+    );
+    out.insert(
+        "telemetryRefused".into(),
+        json!(delta("muster_telemetry_refused_total")),
+    );
+    out.insert("eventLogCommits".into(), json!(commits));
+    out.insert(
+        "eventsPerCommit".into(),
+        json!((per_commit("muster_event_log_batch_size_sum") * 10.0).round() / 10.0),
+    );
+    out.insert(
+        "commitMs".into(),
+        json!((per_commit("muster_event_log_commit_seconds_sum") * 1e6).round() / 1e3),
+    );
+    let labelled = |prefix: &str| -> serde_json::Map<String, Value> {
+        after
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .filter_map(|k| {
+                let d = delta(k);
+                (d != 0.0).then(|| (k.trim_start_matches(prefix).to_owned(), json!(d)))
+            })
+            .collect()
+    };
+    out.insert(
+        "registrations".into(),
+        Value::Object(labelled("muster_dps_registrations_total")),
+    );
+    out.insert(
+        "connectionsOpened".into(),
+        Value::Object(labelled("muster_connections_opened_total")),
+    );
+    out.insert(
+        "tlsHandshakeFailures".into(),
+        Value::Object(labelled("muster_tls_handshake_failures_total")),
+    );
+    out.insert(
+        "c2dQueueDepth".into(),
+        json!(after.get("muster_c2d_queue_depth").copied().unwrap_or(0.0)),
+    );
+    out.insert(
+        "devicesConnected".into(),
+        json!(
+            after
+                .get("muster_devices_connected")
+                .copied()
+                .unwrap_or(0.0)
+        ),
+    );
+    Value::Object(out)
+}
+
+fn server_summary(s: &Value) -> Vec<String> {
+    let n = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let mut out = vec![format!(
+        "server       {:>9} stored {:>5} refused   {} commits, {:.1} events and {:.3} ms each",
+        n("telemetryStored"),
+        n("telemetryRefused"),
+        n("eventLogCommits"),
+        n("eventsPerCommit"),
+        n("commitMs")
+    )];
+    for key in ["registrations", "connectionsOpened", "tlsHandshakeFailures"] {
+        if let Some(o) = s.get(key).and_then(Value::as_object)
+            && !o.is_empty()
+        {
+            let parts: Vec<String> = o.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out.push(format!("server       {key}: {}", parts.join(", ")));
+        }
+    }
+    out
 }
 
 /// Raise the open-file limit so a big fleet is not stopped by it (best effort).
@@ -319,6 +462,16 @@ fn summary(r: &muster_device::fleet::FleetReport) -> Vec<String> {
             r.connected.saturating_sub(r.twin_fanout_received),
             r.twin_fanout_total_ms,
             p(&r.twin_fanout_ms)
+        ));
+    }
+    if let Some(s) = &r.soak {
+        out.push(format!(
+            "{:<12} {:>9} reconnects {} failed; twin {} patched {} failed {} seen, {} reported failed",
+            "soak", s.reconnects, s.reconnect_failed, s.twin_patches, s.twin_patch_failed, s.desired_received, s.reported_failed
+        ));
+        out.push(format!(
+            "{:<12} c2d {} sent {} failed {} received; methods {} answered {} offline {} failed   {}",
+            "soak", s.c2d_sent, s.c2d_failed, s.c2d_received, s.methods_answered, s.methods_offline, s.methods_failed, p(&s.method_latency_ms)
         ));
     }
     for e in &r.errors {
