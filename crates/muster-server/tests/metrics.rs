@@ -154,6 +154,18 @@ async fn counters_move_when_devices_connect_send_and_are_called() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+    // The API reference needs no sign-in.
+    let doc: Value = rest
+        .client
+        .get(format!("{}/openapi.json", rest.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/metrics"]["get"].is_object());
     // Only /metrics is served on the plain listener.
     let other = reqwest::get(url.replace("/metrics", "/devices"))
         .await

@@ -13,6 +13,7 @@ mod fallback;
 mod health;
 mod hub_device;
 pub(crate) mod hub_service;
+mod openapi;
 mod routing;
 
 use std::sync::Arc;
@@ -135,6 +136,7 @@ pub(crate) fn router(ctx: Arc<Context>) -> Router {
         .route("/healthz", axum::routing::get(health::healthz))
         .route("/readyz", axum::routing::get(health::readyz))
         .route("/metrics", axum::routing::get(crate::metrics::authorized))
+        .route("/openapi.json", axum::routing::get(openapi::serve))
         .merge(crate::portal::routes(&ctx))
         .merge(management)
         .merge(hub)
