@@ -16,6 +16,7 @@ import hmac
 import http.client
 import json
 import random
+import signal
 import socket
 import ssl
 import sys
@@ -64,6 +65,14 @@ class Hub:
         return s
 
 
+# What a mode has done so far: printed at the end, or when SIGTERM stops it early.
+PROGRESS = {}
+
+
+class Stopped(Exception):
+    pass
+
+
 def stall_stream(hub, seconds, n):
     socks = [hub.open_stream(rcvbuf=4096) for _ in range(n)]
     # Read the status line only, then nothing more.
@@ -77,15 +86,15 @@ def slow_stream(hub, seconds, rate):
     s = hub.open_stream(rcvbuf=4096)
     f = s.makefile("rb")
     end = time.monotonic() + seconds
-    lines = 0
+    PROGRESS.update({"mode": "slow-stream", "eventsRead": 0})
     while time.monotonic() < end:
         line = f.readline()
         if not line:
             break
         if line.startswith(b"{"):
-            lines += 1
+            PROGRESS["eventsRead"] += 1
             time.sleep(1.0 / rate)
-    return {"mode": "slow-stream", "eventsRead": lines}
+    return PROGRESS
 
 
 def parallel(hub, seconds, workers, make_request):
@@ -121,6 +130,18 @@ def parallel(hub, seconds, workers, make_request):
 def main():
     data_dir, mode, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     hub = Hub(data_dir)
+
+    def stop(*_):
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run(hub, mode, seconds)
+    except Stopped:
+        print(json.dumps(dict(PROGRESS, stoppedEarly=True)), flush=True)
+
+
+def run(hub, mode, seconds):
     if mode == "stall-stream":
         out = stall_stream(hub, seconds, int(sys.argv[4]))
     elif mode == "slow-stream":
@@ -146,7 +167,7 @@ def main():
         out = {"mode": "methods", "answers": parallel(hub, seconds, concurrency, method)}
     else:
         sys.exit(f"unknown mode {mode}")
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -154,44 +154,92 @@ wait_subscriber_drained() {
 : >"$SUB_OUT"
 start_subscriber
 
-m_rate=() q_rate=() ratio=() m50=() m99=() q50=() q99=() routed=()
+# The load generators: `muster device fleet` (muster's own device client) and bench/flood (a
+# lean single-threaded MQTT client that shares no code with muster), each against both servers.
+GENERATORS=${GENERATORS:-fleet flood}
+FLOOD=${FLOOD:-$(dirname "$MUSTER")/flood}
+if [[ " $GENERATORS " == *" flood "* && ! -x $FLOOD ]]; then
+    bench_die "no flood binary at $FLOOD: 'cargo build --release' builds it (bench/flood), or set FLOOD=/path/to/flood or GENERATORS=fleet"
+fi
+
+# run_load GEN OUT PORT SERVER_PID: one timed run. Sets RUN_RATE (acknowledged msg/s),
+# RUN_ACKED, RUN_US (the server's CPU µs per message: over the whole run with the fleet,
+# connects included; over the sending window only with flood), RUN_P50 and RUN_P99 (fleet only).
+run_load() {
+    local gen=$1 out=$2 port=$3 pid=$4 c0 c1 v connected
+    RUN_P50=nan RUN_P99=nan
+    if [[ $gen == fleet ]]; then
+        c0=$(bench_cpu_seconds "$pid")
+        bench_fleet "$out" "${tls[@]}" "${load[@]}" --no-provision --hub-host localhost --hub-port "$port"
+        c1=$(bench_cpu_seconds "$pid")
+        v=$(bench_get "$out" messagesPerSec messagesAcked publishLatencyMs.p50 publishLatencyMs.p99 connected)
+        IFS=$'\t' read -r RUN_RATE RUN_ACKED RUN_P50 RUN_P99 connected <<<"$v"
+        RUN_US=$(bench_calc "($c1 - $c0) * 1e6 / $RUN_ACKED")
+    else
+        "$FLOOD" --host localhost --port "$port" --ca "$DATA/tls/ca.pem" --identities "$WORK/identities" \
+            --prefix tele- --devices "$DEVICES" --in-flight "$IN_FLIGHT" --duration "$DURATION" \
+            --payload-bytes "$PAYLOAD_BYTES" --source-addresses "$SOURCE_ADDRESSES" --server-pid "$pid" \
+            >"$out" 2>"${out%.json}.err" || bench_die "flood failed; see ${out%.json}.err"
+        v=$(bench_get "$out" messagesPerSec acked serverCpuUsPerMessage connected)
+        IFS=$'\t' read -r RUN_RATE RUN_ACKED RUN_US connected <<<"$v"
+    fi
+    [[ $connected == "$DEVICES" ]] || bench_warn "$gen against port $port: $connected of $DEVICES devices connected"
+}
+
+declare -A m_rate q_rate n_rate ratio ratio_n m_us q_us n_us routed
+m50=() m99=() q50=() q99=()
 for ((r = 1; r <= REPEAT; r++)); do
-    bench_log "run $r/$REPEAT: muster, $DEVICES devices, ${DURATION}s"
-    bench_fleet "$WORK/muster-$r.json" "${tls[@]}" "${load[@]}" \
-        --no-provision --hub-host localhost --hub-port "$MQTT_PORT"
-    v=$(bench_get "$WORK/muster-$r.json" messagesPerSec publishLatencyMs.p50 publishLatencyMs.p99 connected)
-    IFS=$'\t' read -r mr ml50 ml99 mc <<<"$v"
-    [[ $mc == "$DEVICES" ]] || bench_warn "muster run $r: $mc of $DEVICES devices connected"
+    for gen in $GENERATORS; do
+        bench_log "run $r/$REPEAT ($gen): muster, $DEVICES devices, ${DURATION}s"
+        run_load "$gen" "$WORK/muster-$gen-$r.json" "$MQTT_PORT" "$SERVER_PID"
+        mr=$RUN_RATE mu=$RUN_US
+        [[ $gen == fleet ]] && m50+=("$RUN_P50") m99+=("$RUN_P99")
 
-    kill -0 "$SUB_PID" 2>/dev/null || {
-        bench_warn "mosquitto_sub had exited; restarting it"
+        kill -0 "$SUB_PID" 2>/dev/null || start_subscriber
+        before=$(size_of "$SUB_OUT")
+        bench_log "run $r/$REPEAT ($gen): Mosquitto with a QoS 1 subscriber, $DEVICES devices, ${DURATION}s"
+        run_load "$gen" "$WORK/mosquitto-$gen-$r.json" "$MOSQ_PORT" "$MOSQ_PID"
+        wait_subscriber_drained
+        received=$(($(size_of "$SUB_OUT") - before))
+        qr=$RUN_RATE qu=$RUN_US qacked=$RUN_ACKED
+        [[ $gen == fleet ]] && q50+=("$RUN_P50") q99+=("$RUN_P99")
+
+        bench_stop_pid "$SUB_PID" 5
+        bench_log "run $r/$REPEAT ($gen): Mosquitto without a subscriber, $DEVICES devices, ${DURATION}s"
+        run_load "$gen" "$WORK/mosquitto-nosub-$gen-$r.json" "$MOSQ_PORT" "$MOSQ_PID"
+        nr=$RUN_RATE nu=$RUN_US
         start_subscriber
-    }
-    before=$(size_of "$SUB_OUT")
-    bench_log "run $r/$REPEAT: Mosquitto, $DEVICES devices, ${DURATION}s"
-    bench_fleet "$WORK/mosquitto-$r.json" "${tls[@]}" "${load[@]}" \
-        --no-provision --hub-host localhost --hub-port "$MOSQ_PORT"
-    wait_subscriber_drained
-    received=$(($(size_of "$SUB_OUT") - before))
-    v=$(bench_get "$WORK/mosquitto-$r.json" messagesPerSec publishLatencyMs.p50 publishLatencyMs.p99 connected messagesAcked)
-    IFS=$'\t' read -r qr ql50 ql99 qc qacked <<<"$v"
-    [[ $qc == "$DEVICES" ]] || bench_warn "Mosquitto run $r: $qc of $DEVICES devices connected"
 
-    m_rate+=("$mr") q_rate+=("$qr") m50+=("$ml50") m99+=("$ml99") q50+=("$ql50") q99+=("$ql99")
-    ratio+=("$(bench_calc "$mr / $qr")")
-    routed+=("$(bench_calc "$received / $qacked * 100")")
-    bench_log "run $r/$REPEAT: muster $(bench_round "$mr") msg/s, Mosquitto $(bench_round "$qr") msg/s (subscriber received $received of $qacked)"
+        m_rate[$gen]+="$mr " q_rate[$gen]+="$qr " n_rate[$gen]+="$nr "
+        ratio[$gen]+="$(bench_calc "$mr / $qr") " ratio_n[$gen]+="$(bench_calc "$mr / $nr") "
+        m_us[$gen]+="$mu " q_us[$gen]+="$qu " n_us[$gen]+="$nu "
+        routed[$gen]+="$(bench_calc "$received / $qacked * 100") "
+        bench_log "run $r/$REPEAT ($gen): muster $(bench_round "$mr") msg/s ($(bench_round "$mu" 1) µs CPU each), Mosquitto $(bench_round "$qr") with a subscriber ($(bench_round "$qu" 1) µs), $(bench_round "$nr") without ($(bench_round "$nu" 1) µs)"
+    done
 done
 
 echo
-echo "Results ($REPEAT alternating runs of ${DURATION}s each; median, min and max):"
-bench_figure "muster: D2C QoS 1 messages acknowledged" "msg/s" 0 "" "" "" "${m_rate[@]}"
-bench_figure "Mosquitto $MOSQ_VERSION: QoS 1 messages acknowledged" "msg/s" 0 "" "" "" "${q_rate[@]}"
-bench_figure "muster / Mosquitto (same run)" "×" 2 ">=" 2 "≥ 2×" "${ratio[@]}"
-bench_figure "muster publish latency p50" "ms" 2 "" "" "" "${m50[@]}"
-bench_figure "muster publish latency p99" "ms" 2 "" "" "" "${m99[@]}"
-bench_figure "Mosquitto publish latency p50" "ms" 2 "" "" "" "${q50[@]}"
-bench_figure "Mosquitto publish latency p99" "ms" 2 "" "" "" "${q99[@]}"
-bench_figure "Mosquitto: acknowledged messages the subscriber got" "%" 1 "" "" "" "${routed[@]}"
-bench_note "muster acknowledges a QoS 1 message once it is in the event log, fsync'd (group commit); Mosquitto (persistence false) acknowledges without writing it anywhere, and routes it to one QoS 1 subscriber on devices/#"
+echo "Results ($REPEAT alternating runs of ${DURATION}s each per generator; median, min and max):"
+for gen in $GENERATORS; do
+    # shellcheck disable=SC2086 # the lists are space-separated on purpose
+    {
+        bench_figure "[$gen] muster: D2C QoS 1 messages acknowledged" "msg/s" 0 "" "" "" ${m_rate[$gen]}
+        bench_figure "[$gen] Mosquitto $MOSQ_VERSION with a subscriber" "msg/s" 0 "" "" "" ${q_rate[$gen]}
+        bench_figure "[$gen] Mosquitto $MOSQ_VERSION without a subscriber" "msg/s" 0 "" "" "" ${n_rate[$gen]}
+        bench_figure "[$gen] muster / Mosquitto with a subscriber" "×" 2 ">=" 2 "≥ 2×" ${ratio[$gen]}
+        bench_figure "[$gen] muster / Mosquitto without a subscriber" "×" 2 ">=" 2 "≥ 2×" ${ratio_n[$gen]}
+        bench_figure "[$gen] muster server CPU per message" "µs" 1 "" "" "" ${m_us[$gen]}
+        bench_figure "[$gen] Mosquitto CPU per message, with a subscriber" "µs" 1 "" "" "" ${q_us[$gen]}
+        bench_figure "[$gen] Mosquitto CPU per message, without" "µs" 1 "" "" "" ${n_us[$gen]}
+        bench_figure "[$gen] Mosquitto: acknowledged messages the subscriber got" "%" 1 "" "" "" ${routed[$gen]}
+    }
+done
+if [[ " $GENERATORS " == *" fleet "* ]]; then
+    bench_figure "[fleet] muster publish latency p50" "ms" 2 "" "" "" "${m50[@]}"
+    bench_figure "[fleet] muster publish latency p99" "ms" 2 "" "" "" "${m99[@]}"
+    bench_figure "[fleet] Mosquitto publish latency p50" "ms" 2 "" "" "" "${q50[@]}"
+    bench_figure "[fleet] Mosquitto publish latency p99" "ms" 2 "" "" "" "${q99[@]}"
+fi
+bench_note "muster acknowledges a QoS 1 message once it is in the event log, fsync'd (group commit); Mosquitto (persistence false) acknowledges without writing it anywhere, and with a subscriber routes it to one QoS 1 subscriber on devices/#"
+bench_note "server CPU per message: with the fleet over the whole run (connects included), with flood over the sending window only (flood reads the server's /proc/PID/stat at its start and end)"
 bench_note "$DEVICES devices, $IN_FLIGHT messages in flight each, ${PAYLOAD_BYTES}-byte bodies, TLS with client certificates on both; muster's data on $BENCH_FS"
