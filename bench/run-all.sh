@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCHES=${BENCHES:-provision-storm telemetry amqp routing eventhubs fanout idle-memory cold-start}
+BENCHES=${BENCHES:-provision-storm telemetry amqp routing eventhubs fanout idle-memory bounded-memory cold-start}
 STORM_DEVICES=${STORM_DEVICES:-10000}
 CONCURRENCY=${CONCURRENCY:-256}
 TELEMETRY_DEVICES=${TELEMETRY_DEVICES:-1000}
@@ -44,7 +44,9 @@ bench_vars() {
     routing) vars=("DEVICES=$TELEMETRY_DEVICES" "DURATION=$TELEMETRY_DURATION" "IN_FLIGHT=$IN_FLIGHT" "CONCURRENCY=$CONCURRENCY") ;;
     eventhubs) vars=("DEVICES=$TELEMETRY_DEVICES" "DURATION=$TELEMETRY_DURATION" "IN_FLIGHT=$IN_FLIGHT" "CONCURRENCY=$CONCURRENCY") ;;
     cold-start) vars=("COLD_DEVICES=$COLD_DEVICES") ;;
-    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry amqp routing eventhubs fanout idle-memory cold-start)" ;;
+    bounded-memory) vars=("DEVICES=$TELEMETRY_DEVICES") ;;
+    soak) vars=("DEVICES=${SOAK_DEVICES:-10000}" "MINUTES=${SOAK_MINUTES:-30}") ;;
+    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry amqp routing eventhubs fanout idle-memory bounded-memory cold-start soak)" ;;
     esac
 }
 

@@ -4,17 +4,21 @@
 //! Ownership: the map, sharded by identity, is touched only when a device connects or
 //! disconnects and when a service needs to reach one device (a desired patch, a method call,
 //! new mail, a kick) — never per telemetry message. Each session owns its socket; others reach
-//! it through a bounded channel of [`Outbound`] events, so a slow device cannot stall a service
-//! call (a full channel drops the notification; devices read their twin again on reconnect).
+//! it through a bounded [`Mailbox`] of [`Outbound`] events, so a slow device cannot stall a
+//! service call (a full mailbox drops the notification; devices read their twin again on
+//! reconnect). A mailbox allocates nothing until an event arrives: most devices sit idle, and
+//! a channel's up-front buffer (tokio allocates a block of 32 slots) was about 2.5 KiB of every
+//! idle device's memory.
 //!
 //! The events are domain events: each transport decides how to put them on its wire (MQTT
 //! topics, AMQP links).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Something for a connected identity's session to do.
@@ -40,10 +44,71 @@ pub enum Outbound {
     Mail,
 }
 
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Outbound>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+/// A session's incoming events: what [`Presence::send`] queued for it, in order. Ends (`None`)
+/// when the session's entry leaves the presence map: a newer connection took the identity
+/// over, or the session unregistered.
+#[derive(Debug)]
+pub struct Mailbox(Arc<Shared>);
+
+impl Mailbox {
+    /// The next event; `None` once the mailbox is closed and empty.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            // A notification sent between this check and the wait is kept as a permit.
+            if let Some(event) = self.0.queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                return Some(event);
+            }
+            if self.0.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            self.0.notify.notified().await;
+        }
+    }
+}
+
+/// The sending side, held by the presence map; dropping it closes the mailbox.
+#[derive(Debug)]
+struct Sender(Arc<Shared>);
+
+impl Sender {
+    /// Queue an event; `false` when the mailbox already holds [`QUEUE`] events.
+    fn try_send(&self, event: Outbound) -> bool {
+        let Ok(mut queue) = self.0.queue.lock() else {
+            return false;
+        };
+        if queue.len() >= QUEUE {
+            return false;
+        }
+        queue.push_back(event);
+        drop(queue);
+        self.0.notify.notify_one();
+        true
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.notify.notify_one();
+    }
+}
+
+fn mailbox() -> (Sender, Mailbox) {
+    let shared = Arc::new(Shared::default());
+    (Sender(Arc::clone(&shared)), Mailbox(shared))
+}
+
 #[derive(Debug)]
 struct Entry {
     generation: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<Sender>,
     kick: CancellationToken,
 }
 
@@ -54,7 +119,7 @@ pub struct Registration {
     /// Distinguishes this connection from a later one of the same identity.
     pub generation: u64,
     /// Events for the session.
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: Mailbox,
     /// Cancelled when the session must end.
     pub kicked: CancellationToken,
 }
@@ -103,8 +168,9 @@ impl Presence {
 
     /// Take over `key`: a previous connection of the same identity is closed.
     pub fn register(&self, key: &str) -> Registration {
-        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let generation = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mailbox();
+        let tx = Arc::new(tx);
         let kicked = CancellationToken::new();
         if let Ok(mut live) = self.shard(key).lock()
             && let Some(old) = live.insert(
@@ -138,10 +204,10 @@ impl Presence {
     /// is full.
     pub fn send(&self, key: &str, event: Outbound) -> bool {
         let tx = match self.shard(key).lock() {
-            Ok(live) => live.get(key).map(|e| e.tx.clone()),
+            Ok(live) => live.get(key).map(|e| Arc::clone(&e.tx)),
             Err(_) => None,
         };
-        tx.is_some_and(|tx| tx.try_send(event).is_ok())
+        tx.is_some_and(|tx| tx.try_send(event))
     }
 
     /// How many identities are connected to this node.
@@ -199,5 +265,49 @@ impl Presence {
         {
             e.kick.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn mailboxes_keep_order_hold_at_most_queue_events_and_end_with_their_entry() {
+        let presence = Presence::default();
+        let mut first = presence.register("hub/d1");
+        assert!(presence.send("hub/d1", Outbound::Mail));
+        assert!(presence.send(
+            "hub/d1",
+            Outbound::DesiredPatch {
+                version: 2,
+                patch: Value::Null
+            }
+        ));
+        assert_eq!(first.rx.recv().await, Some(Outbound::Mail));
+        assert!(matches!(
+            first.rx.recv().await,
+            Some(Outbound::DesiredPatch { version: 2, .. })
+        ));
+        // Bounded: the 65th waiting event is refused.
+        for _ in 0..QUEUE {
+            assert!(presence.send("hub/d1", Outbound::Mail));
+        }
+        assert!(!presence.send("hub/d1", Outbound::Mail));
+        // A takeover closes the old mailbox once it is drained, and kicks its session.
+        let mut second = presence.register("hub/d1");
+        assert!(first.kicked.is_cancelled());
+        for _ in 0..QUEUE {
+            assert_eq!(first.rx.recv().await, Some(Outbound::Mail));
+        }
+        assert_eq!(first.rx.recv().await, None);
+        // A waiting session wakes up when its entry goes.
+        let generation = second.generation;
+        let waiting = tokio::spawn(async move { second.rx.recv().await });
+        tokio::task::yield_now().await;
+        presence.unregister("hub/d1", generation);
+        assert_eq!(waiting.await.unwrap(), None);
+        assert!(!presence.send("hub/d1", Outbound::Mail));
     }
 }
