@@ -100,7 +100,7 @@ fleet = None
 for line in open(fleet_path):
     if line.strip().startswith("{"):
         fleet = json.loads(line)
-readback = json.loads(open(readback_path).read() or "{}")
+readback = json.loads(open(readback_path).read().strip() or "{}")
 
 # The soak starts when (almost) the whole fleet is connected; the baseline is the first sample
 # after the warm-up that follows.
