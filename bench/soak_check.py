@@ -9,24 +9,13 @@ RUN_ID, and checks that for each device of LEDGER every sequence number below `s
 the ones listed as `unacknowledged`, was read. Stops when all are found, or after 30 s without a
 new event. Prints one JSON object: expected, found, missing, duplicates, events/s.
 """
-import base64
-import hashlib
-import hmac
 import json
 import socket
 import ssl
 import sys
 import time
-import urllib.parse
 
-
-def token(host, key_name, key, ttl=3600):
-    """An IoT Hub service SAS token, as the Azure SDKs make it."""
-    expiry = int(time.time()) + ttl
-    sr = urllib.parse.quote(host, safe="")
-    digest = hmac.new(base64.b64decode(key), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest()
-    sig = urllib.parse.quote(base64.b64encode(digest).decode(), safe="")
-    return f"SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={key_name}"
+from service_load import token
 
 
 def main():

@@ -361,27 +361,27 @@ async fn service(
             }
         });
         while let Some(done) = calls.try_join_next() {
-            match done {
-                Ok(Ok(Some(took))) => {
-                    let _ = latency.record(micros(took));
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => count_failure(&mut failures, e),
-                Err(e) => count_failure(&mut failures, format!("service task: {e}")),
-            }
+            tally(done, &mut latency, &mut failures);
         }
     }
     while let Some(done) = calls.join_next().await {
-        match done {
-            Ok(Ok(Some(took))) => {
-                let _ = latency.record(micros(took));
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => count_failure(&mut failures, e),
-            Err(e) => count_failure(&mut failures, format!("service task: {e}")),
-        }
+        tally(done, &mut latency, &mut failures);
     }
     (latency, failures)
+}
+
+/// What a finished service call adds: its latency (methods) or its failure.
+type CallOutcome = Result<Result<Option<Duration>, String>, tokio::task::JoinError>;
+
+fn tally(done: CallOutcome, latency: &mut Histogram<u64>, failures: &mut Vec<(String, u64)>) {
+    match done {
+        Ok(Ok(Some(took))) => {
+            let _ = latency.record(micros(took));
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => count_failure(failures, e),
+        Err(e) => count_failure(failures, format!("service task: {e}")),
+    }
 }
 
 /// Run the soak over the connected fleet for [`FleetOptions::duration`]; returns the devices
