@@ -15,9 +15,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn muster() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_muster"))
-}
+mod common;
+use common::muster;
 
 /// Wait until the server has bound its ports and written `endpoint.json`.
 fn wait_for_endpoint(dir: &Path) {
@@ -31,21 +30,7 @@ fn wait_for_endpoint(dir: &Path) {
 
 /// `muster serve` on `DIR/data` with every port ephemeral (flags may follow).
 fn serve(dir: &Path) -> Command {
-    let mut command = muster();
-    command
-        .args(["serve", "--data-dir"])
-        .arg(dir.join("data"))
-        .args([
-            "--mqtt-port",
-            "0",
-            "--https-port",
-            "0",
-            "--portal-port",
-            "0",
-            "--amqp-port",
-            "0",
-        ]);
-    command
+    common::serve(&dir.join("data"))
 }
 
 fn start(dir: &Path) -> Child {
