@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::{Collection, Precondition, Store, StoreError, Write};
+use crate::{Change, Collection, Precondition, Store, StoreError, Write};
 
 /// Run the whole suite; panics with a description at the first violation.
 ///
@@ -18,6 +18,224 @@ pub async fn run(store: &dyn Store) {
     writes_and_preconditions(store).await;
     namespaces_and_listing(store).await;
     batches(store).await;
+    key_order(store).await;
+    modify(store).await;
+}
+
+/// Keys list in byte order whatever the database's collation (`B` < `_x` < `a` < `é`).
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a test suite fails loudly"
+)]
+async fn key_order(store: &dyn Store) {
+    let c = Collection::ConsumerGroups;
+    for key in ["é", "a", "_x", "B"] {
+        store
+            .put(c, key, None, &json!(key), Precondition::IfNoneMatch)
+            .await
+            .unwrap();
+    }
+    let keys: Vec<String> = store
+        .list(c, None, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["B", "_x", "a", "é"], "byte order");
+    let after: Vec<String> = store
+        .list(c, None, Some("_x"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(after, ["a", "é"], "`after` compares bytes too");
+}
+
+/// `modify`: create, keep, replace, delete; what the step is shown.
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a test suite fails loudly"
+)]
+async fn modify(store: &dyn Store) {
+    let c = Collection::Twins;
+    let created = store
+        .modify(c, "hub/m", &mut |current| {
+            assert!(current.is_none(), "a missing record is shown as None");
+            Change::Put {
+                index: Some("hub".into()),
+                body: json!({"n": 1}),
+            }
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(created.body, json!({"n": 1}));
+    assert_eq!(created.index.as_deref(), Some("hub"));
+    assert_eq!(
+        store.get(c, "hub/m").await.unwrap().unwrap().etag,
+        created.etag,
+        "the returned record is the stored one"
+    );
+    let kept = store
+        .modify(c, "hub/m", &mut |_| Change::Keep)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.etag, created.etag, "Keep writes nothing");
+    let replaced = store
+        .modify(c, "hub/m", &mut |current| {
+            let n = current.unwrap().body.get("n").unwrap().as_i64().unwrap();
+            Change::Put {
+                index: Some("hub".into()),
+                body: json!({"n": n + 1}),
+            }
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.body, json!({"n": 2}));
+    assert_ne!(replaced.etag, created.etag);
+    assert!(
+        store
+            .modify(c, "hub/m", &mut |_| Change::Delete)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.get(c, "hub/m").await.unwrap().is_none());
+    assert!(
+        store
+            .modify(c, "hub/none", &mut |_| Change::Delete)
+            .await
+            .unwrap()
+            .is_none(),
+        "deleting a missing record is fine"
+    );
+}
+
+/// Races between writers on several handles to one database (several nodes' pools, or one
+/// handle several times): exactly one of many racing creates wins, exactly one of many
+/// writers holding the same etag wins, and concurrent `modify` increments are all counted.
+/// Call with an empty database.
+///
+/// # Panics
+/// When the backend breaks the contract (this is a test helper).
+#[allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a test suite fails loudly"
+)]
+pub async fn races(stores: &[std::sync::Arc<dyn Store>]) {
+    const TASKS_PER_STORE: usize = 8;
+    const INCREMENTS: i64 = 25;
+    let c = Collection::Registrations;
+
+    // Racing creates of one key.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..TASKS_PER_STORE {
+            let store = std::sync::Arc::clone(store);
+            tasks.spawn(async move {
+                store
+                    .put(
+                        c,
+                        "race",
+                        None,
+                        &json!({"by": [s, t]}),
+                        Precondition::IfNoneMatch,
+                    )
+                    .await
+            });
+        }
+    }
+    let (mut won, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict { .. }) => refused += 1,
+            Err(e) => panic!("racing create failed: {e}"),
+        }
+    }
+    assert_eq!(won, 1, "one racing create wins");
+    assert_eq!(refused, stores.len() * TASKS_PER_STORE - 1);
+
+    // Racing replaces with the same etag.
+    let etag = store_get_etag(stores, c, "race").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..TASKS_PER_STORE {
+            let store = std::sync::Arc::clone(store);
+            let etag = etag.clone();
+            tasks.spawn(async move {
+                store
+                    .put(
+                        c,
+                        "race",
+                        None,
+                        &json!({"replaced by": [s, t]}),
+                        Precondition::IfMatch(etag),
+                    )
+                    .await
+            });
+        }
+    }
+    let (mut won, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::PreconditionFailed { .. }) => refused += 1,
+            Err(e) => panic!("racing replace failed: {e}"),
+        }
+    }
+    assert_eq!(won, 1, "one writer holding the etag wins");
+    assert_eq!(refused, stores.len() * TASKS_PER_STORE - 1);
+
+    // Concurrent read-modify-write: every increment counts.
+    let mut tasks = tokio::task::JoinSet::new();
+    for store in stores {
+        for _ in 0..TASKS_PER_STORE {
+            let store = std::sync::Arc::clone(store);
+            tasks.spawn(async move {
+                for _ in 0..INCREMENTS {
+                    store
+                        .modify(c, "counter", &mut |current| Change::Put {
+                            index: None,
+                            body: json!(current.map_or(0, |r| r.body.as_i64().unwrap()) + 1),
+                        })
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    let total = stores
+        .first()
+        .unwrap()
+        .get(c, "counter")
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = i64::try_from(stores.len() * TASKS_PER_STORE).unwrap() * INCREMENTS;
+    assert_eq!(total.body, json!(expected), "no increment is lost");
+}
+
+#[allow(clippy::unwrap_used, reason = "a test suite fails loudly")]
+async fn store_get_etag(stores: &[std::sync::Arc<dyn Store>], c: Collection, key: &str) -> String {
+    stores
+        .first()
+        .unwrap()
+        .get(c, key)
+        .await
+        .unwrap()
+        .unwrap()
+        .etag
 }
 
 /// Create, read back, replace, the three preconditions, delete.

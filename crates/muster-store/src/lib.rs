@@ -26,7 +26,10 @@
 //!   `PreconditionFailed`.
 //! - `write_batch` applies every write or none; preconditions are checked inside the same
 //!   transaction, so two racing batches that both say `IfNoneMatch` for one key cannot both win.
-//! - `list` returns records ordered by key, strictly after `after`, at most `limit`.
+//! - `list` returns records ordered by key (byte order), strictly after `after`, at most
+//!   `limit`.
+//! - `modify` is an atomic read-decide-write of one record: concurrent `modify` calls on one
+//!   key, from any node, never lose each other's writes.
 //! - Reads see every write that returned before them (read-your-writes on one node).
 
 pub mod conformance;
@@ -161,6 +164,31 @@ pub enum Write {
     },
 }
 
+/// What a [`Store::modify`] step decided about the record it was shown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Leave the record as it is; nothing is written.
+    Keep,
+    /// Create or replace the record with this document and index.
+    Put {
+        /// Secondary index value.
+        index: Option<String>,
+        /// Document.
+        body: Value,
+    },
+    /// Remove the record.
+    Delete,
+}
+
+/// The decision [`Store::modify`] applies: shown the current record (or `None`), it returns
+/// what to write. It may run more than once (after a lost race), so it must have no effect
+/// beyond its answer and what it records for its caller.
+pub type ModifyFn<'a> = dyn FnMut(Option<&Record>) -> Change + Send + 'a;
+
+/// How many times the default [`Store::modify`] re-reads after losing a race before it gives
+/// up with [`StoreError::PreconditionFailed`].
+pub const MODIFY_ATTEMPTS: usize = 32;
+
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -220,6 +248,48 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply all writes atomically; returns the new etag of each write (empty for deletes).
     async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<String>, StoreError>;
+
+    /// Read one record, decide with `f`, and write the decision so that no other write to
+    /// the key lands between the read and the write. Returns the record as it is afterwards
+    /// (`None` when it was deleted or never existed).
+    ///
+    /// The default reads, decides and writes with an `IfMatch`/`IfNoneMatch` precondition,
+    /// re-reading after a lost race (up to [`MODIFY_ATTEMPTS`] times). Backends shared by
+    /// several nodes lock the row instead (PostgreSQL `SELECT … FOR UPDATE`), so concurrent
+    /// writers queue rather than retry.
+    async fn modify(
+        &self,
+        collection: Collection,
+        key: &str,
+        f: &mut ModifyFn<'_>,
+    ) -> Result<Option<Record>, StoreError> {
+        for _ in 0..MODIFY_ATTEMPTS {
+            let current = self.get(collection, key).await?;
+            let precondition = current.as_ref().map_or(Precondition::IfNoneMatch, |r| {
+                Precondition::IfMatch(r.etag.clone())
+            });
+            let written = match f(current.as_ref()) {
+                Change::Keep => return Ok(current),
+                Change::Put { index, body } => self
+                    .put(collection, key, index.as_deref(), &body, precondition)
+                    .await
+                    .map(Some),
+                Change::Delete if current.is_none() => return Ok(None),
+                Change::Delete => self
+                    .delete(collection, key, precondition)
+                    .await
+                    .map(|_| None),
+            };
+            match written {
+                Err(StoreError::PreconditionFailed { .. } | StoreError::Conflict { .. }) => {}
+                other => return other,
+            }
+        }
+        Err(StoreError::PreconditionFailed {
+            collection: collection.name(),
+            key: key.to_owned(),
+        })
+    }
 
     /// How many records a collection holds. The default pages through [`Store::list`];
     /// backends count in place.

@@ -17,6 +17,21 @@ async fn conformance_in_memory() {
     muster_store::conformance::run(&SqliteStore::in_memory().unwrap()).await;
 }
 
+/// Racing writers on the one handle a server holds (a data dir has one server, and its store
+/// one connection), from many tasks at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_between_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(SqliteStore::open(&dir.path().join("muster.db")).unwrap());
+    muster_store::conformance::races(&[
+        std::sync::Arc::clone(&store),
+        std::sync::Arc::clone(&store),
+        store,
+    ])
+    .await;
+}
+
 #[tokio::test]
 async fn conformance_on_disk_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
