@@ -88,6 +88,10 @@ struct Rules<'a> {
     custom: Option<&'a Value>,
 }
 
+/// How many times one registration request provisions when it keeps losing races to other
+/// requests of the same id (each lost race means another request succeeded meanwhile).
+const PROVISION_ATTEMPTS: usize = 8;
+
 impl Source {
     /// The enrollment as a custom-allocation webhook sees it: keys and certificate text removed.
     fn webhook_view(&self) -> (&'static str, Value) {
@@ -236,9 +240,14 @@ impl Dps {
             }
         };
         let mut result = self.provision(&request, &attested).await;
-        if matches!(result, Err(DpsError::Conflict(_))) {
-            // Another registration of the same id won a race between our read and write: the
-            // state has moved on, so provision again from it (once) instead of failing the device.
+        for attempt in 1..PROVISION_ATTEMPTS {
+            if !matches!(result, Err(DpsError::Conflict(_))) {
+                break;
+            }
+            muster_store::race_backoff(attempt - 1).await;
+            // Another registration of the same id (on this node or another sharing the store)
+            // won a race between our read and write: the state has moved on, so provision
+            // again from it instead of failing the device.
             result = self.provision(&request, &attested).await;
         }
         let state = result?;

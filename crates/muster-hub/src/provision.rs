@@ -47,9 +47,11 @@ impl Registry {
     /// # Errors
     /// Storage failures; [`HubError::PreconditionFailed`] when the identity keeps changing.
     pub async fn provision(&self, a: &Assignment<'_>) -> Result<(), HubError> {
-        for _ in 0..8 {
+        for attempt in 0..16 {
             match self.provision_once(a).await {
-                Err(HubError::PreconditionFailed | HubError::DeviceAlreadyExists(_)) => {}
+                Err(HubError::PreconditionFailed | HubError::DeviceAlreadyExists(_)) => {
+                    muster_store::race_backoff(attempt).await;
+                }
                 other => return other,
             }
         }

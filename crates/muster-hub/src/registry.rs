@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use muster_auth::Secret;
-use muster_store::{Collection, Precondition, Store, StoreError, Write};
+use muster_store::{Change, Collection, Precondition, Store, StoreError, Write};
 use serde_json::{Map, Value, json};
 use tracing::info;
 
@@ -666,47 +666,37 @@ impl Registry {
         if !body.is_object() {
             return Err(HubError::Twin(TwinError::NotAnObject { what: "the twin" }));
         }
-        let (record, device) = self.load_twin(hub, id).await?;
-        let pre = match precondition(if_match) {
-            Precondition::IfMatch(e) if e != record.etag => {
-                return Err(HubError::PreconditionFailed);
-            }
-            _ => Precondition::IfMatch(record.etag.clone()),
+        let wanted = match precondition(if_match) {
+            Precondition::IfMatch(e) => Some(e),
+            _ => None,
         };
-        let mut twin = record.body.clone();
         let stamp = now();
         let tags = body.get("tags").filter(|t| !t.is_null());
         let desired = body.pointer("/properties/desired").filter(|d| !d.is_null());
-        let notification = if replace {
-            twin::replace(&mut twin, tags, desired, &stamp, &self.limits)?
-        } else {
-            if let Some(t) = tags {
-                twin::patch_tags(&mut twin, t, &self.limits)?;
-            }
-            match desired {
-                Some(d) => {
-                    let version = twin::patch_properties(
-                        &mut twin,
-                        Section::Desired,
-                        d,
-                        &stamp,
-                        &self.limits,
-                    )?;
-                    Some(twin::desired_notification(d, version))
+        let limits = &self.limits;
+        let (notification, saved, identity) = self
+            .change_twin(hub, id, |twin, etag| {
+                if wanted.is_some() && wanted.as_deref() != etag {
+                    return Err(HubError::PreconditionFailed);
                 }
-                None => None,
-            }
-        };
-        let saved = self
-            .store
-            .put(
-                Collection::Twins,
-                &docs::key(hub, id),
-                Some(&hub.to_ascii_lowercase()),
-                &twin,
-                pre,
-            )
+                if replace {
+                    return Ok(twin::replace(twin, tags, desired, &stamp, limits)?);
+                }
+                if let Some(t) = tags {
+                    twin::patch_tags(twin, t, limits)?;
+                }
+                match desired {
+                    Some(d) => {
+                        let version =
+                            twin::patch_properties(twin, Section::Desired, d, &stamp, limits)?;
+                        Ok(Some(twin::desired_notification(d, version)))
+                    }
+                    None => Ok(None),
+                }
+            })
             .await?;
+        let device = self.view(identity).await?;
+        let twin = saved.body;
         info!(
             hub,
             device_id = id,
@@ -753,19 +743,73 @@ impl Registry {
         id: &str,
         patch: &Value,
     ) -> Result<u64, HubError> {
-        for _ in 0..8 {
-            let (record, _) = self.load_twin_records(hub, id).await?;
-            let mut twin = record.body.clone();
-            let version =
-                twin::patch_properties(&mut twin, Section::Reported, patch, &now(), &self.limits)?;
-            if self
-                .write_back(Collection::Twins, hub, &record, &twin)
-                .await?
-            {
-                return Ok(version);
-            }
+        let stamp = now();
+        let limits = &self.limits;
+        let (version, _, _) = self
+            .change_twin(hub, id, |twin, _| {
+                Ok(twin::patch_properties(
+                    twin,
+                    Section::Reported,
+                    patch,
+                    &stamp,
+                    limits,
+                )?)
+            })
+            .await?;
+        Ok(version)
+    }
+
+    /// Change a device's or module's twin with `step` as one atomic read-decide-write
+    /// ([`muster_store::Store::modify`]: a row lock where the store is shared by several
+    /// nodes), so concurrent writers on any node keep `$version` exact without retrying. The
+    /// step is shown the twin (made on first use) and its etag (`None` when it is new); an
+    /// error from it writes nothing. Returns its answer, the twin as written and the identity.
+    async fn change_twin<T: Send>(
+        &self,
+        hub: &str,
+        id: &str,
+        mut step: impl FnMut(&mut Value, Option<&str>) -> Result<T, HubError> + Send,
+    ) -> Result<(T, muster_store::Record, muster_store::Record), HubError> {
+        let key = docs::key(hub, id);
+        let identity = self
+            .store
+            .get(identity_collection(id), &key)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let index = hub.to_ascii_lowercase();
+        let created = time::OffsetDateTime::now_utc();
+        let mut outcome: Option<Result<T, HubError>> = None;
+        let written = self
+            .store
+            .modify(Collection::Twins, &key, &mut |current| {
+                let (mut body, etag) = match current {
+                    Some(r) => (r.body.clone(), Some(r.etag.as_str())),
+                    None => (docs::twin(id, None, None, created), None),
+                };
+                match step(&mut body, etag) {
+                    Ok(answer) => {
+                        outcome = Some(Ok(answer));
+                        Change::Put {
+                            index: Some(
+                                current
+                                    .and_then(|r| r.index.clone())
+                                    .unwrap_or_else(|| index.clone()),
+                            ),
+                            body,
+                        }
+                    }
+                    Err(e) => {
+                        outcome = Some(Err(e));
+                        Change::Keep
+                    }
+                }
+            })
+            .await?;
+        match (outcome, written) {
+            (Some(Ok(answer)), Some(record)) => Ok((answer, record, identity)),
+            (Some(Err(e)), _) => Err(e),
+            _ => Err(HubError::PreconditionFailed),
         }
-        Err(HubError::PreconditionFailed)
     }
 }
 

@@ -35,6 +35,13 @@ portal_port = 8444
 # DPS policy's SAS token.
 # metrics_bind = "127.0.0.1:9464"
 
+# Where durable state lives: "sqlite" keeps it in DIR/muster.db (one node); a PostgreSQL URL,
+# postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, keeps it in that database, which several
+# nodes can share (docs/cluster.md). The password is never logged.
+store = "sqlite"
+# Connections each node keeps to PostgreSQL.
+store_pool_size = 16
+
 # Host names the server certificate covers. The first is the provisioning host and the host of
 # the default hub, returned to devices as `assignedHub`; each name is one logical hub.
 hostnames = ["localhost"]
@@ -191,6 +198,10 @@ pub struct Config {
     pub portal_port: u16,
     /// Plain-HTTP address for `/metrics` (no authentication), if any.
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `sqlite` (the data dir's database) or a PostgreSQL URL.
+    pub store: String,
+    /// PostgreSQL connections per node.
+    pub store_pool_size: usize,
     /// Host names; the first is the DPS host and the default hub.
     pub hostnames: Vec<String>,
     /// Limits.
@@ -213,6 +224,8 @@ impl Default for Config {
             https_port: 8443,
             portal_port: 8444,
             metrics_bind: None,
+            store: "sqlite".to_owned(),
+            store_pool_size: 16,
             hostnames: vec!["localhost".to_owned()],
             limits: Limits::default(),
             dps: DpsSettings::default(),
@@ -271,6 +284,17 @@ impl Config {
         if self.limits.connect_timeout.is_zero() {
             return Err(ConfigError(
                 "limits.connect_timeout must be positive".into(),
+            ));
+        }
+        if self.store != "sqlite" && !muster_store_pg::is_postgres_url(&self.store) {
+            return Err(ConfigError(format!(
+                "store must be \"sqlite\" or postgres://USER@HOST/DATABASE, not '{}'",
+                muster_store_pg::redact(&self.store)
+            )));
+        }
+        if !(1..=1024).contains(&self.store_pool_size) {
+            return Err(ConfigError(
+                "store_pool_size must be between 1 and 1024".into(),
             ));
         }
         if !(1..=32).contains(&self.hub.partitions) {

@@ -95,6 +95,9 @@ pub enum ServerError {
     /// Database.
     #[error("cannot open the database")]
     Store(#[from] muster_store::StoreError),
+    /// The PostgreSQL store.
+    #[error(transparent)]
+    Postgres(#[from] muster_store_pg::OpenError),
     /// TLS.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -183,10 +186,16 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
 }
 
 /// Prepare the data directory and build the shared context (no sockets yet).
-fn build_context(config: &Config) -> Result<(Arc<Context>, Paths, State), ServerError> {
+fn build_context(
+    config: &Config,
+    store: Option<Arc<dyn muster_store::Store>>,
+) -> Result<(Arc<Context>, Paths, State), ServerError> {
     config.check()?;
     let (paths, state) = bootstrap::prepare(config)?;
-    let store: Arc<dyn muster_store::Store> = Arc::new(SqliteStore::open(&paths.database())?);
+    let store: Arc<dyn muster_store::Store> = match store {
+        Some(store) => store,
+        None => Arc::new(SqliteStore::open(&paths.database())?),
+    };
     let registry = muster_hub::registry::Registry::new(Arc::clone(&store));
     let assigner = wiring::LiveAssigner {
         registry: registry.clone(),
@@ -319,7 +328,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let lock = lock::DataDirLock::acquire(&config.data_dir)?;
 
-    let (ctx, paths, state) = build_context(&config)?;
+    // The shared store, when there is one, is reached before anything else starts: a node
+    // that cannot reach its database must not accept devices.
+    let shared: Option<Arc<dyn muster_store::Store>> = if config.store == "sqlite" {
+        None
+    } else {
+        Some(Arc::new(
+            muster_store_pg::PgStore::connect(&config.store, config.store_pool_size).await?,
+        ))
+    };
+    let (ctx, paths, state) = build_context(&config, shared)?;
     // The portal's admin password: made at first start and printed once (only its hash is
     // kept). Hashing takes a moment, so it runs off the async threads, and before
     // `endpoint.json` announces the server.

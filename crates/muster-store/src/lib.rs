@@ -263,7 +263,10 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         f: &mut ModifyFn<'_>,
     ) -> Result<Option<Record>, StoreError> {
-        for _ in 0..MODIFY_ATTEMPTS {
+        for attempt in 0..MODIFY_ATTEMPTS {
+            if attempt > 0 {
+                race_backoff(attempt - 1).await;
+            }
             let current = self.get(collection, key).await?;
             let precondition = current.as_ref().map_or(Precondition::IfNoneMatch, |r| {
                 Precondition::IfMatch(r.etag.clone())
@@ -305,6 +308,20 @@ pub trait Store: Send + Sync + 'static {
             }
         }
     }
+}
+
+/// Wait a short random time before retrying after losing a race to another writer (attempt
+/// 0, 1, 2, …): up to 1, 2, 4, … ms, at most 32 ms. Racers that all retried at once would
+/// mostly collide again; spread out, one wins per round and the rest see its write.
+pub async fn race_backoff(attempt: usize) {
+    let ceiling_us: u64 = 1000 << attempt.min(5);
+    let mut bytes = [0u8; 8];
+    let draw = if aws_lc_rs::rand::fill(&mut bytes).is_ok() {
+        u64::from_be_bytes(bytes)
+    } else {
+        ceiling_us / 2
+    };
+    tokio::time::sleep(std::time::Duration::from_micros(draw % ceiling_us)).await;
 }
 
 /// A new etag: 16 hex characters, random, unique across nodes in practice.

@@ -35,6 +35,25 @@ pub struct TestServer {
     pub config: Config,
 }
 
+/// With `MUSTER_TEST_STORE=postgres` (and `MUSTER_TEST_POSTGRES` naming a server), every test
+/// server keeps its state in PostgreSQL instead of SQLite: a database of its own, made on first
+/// start and found again on a restart in the same directory (its URL is kept beside the data
+/// directory). CI runs the end-to-end suites once more this way.
+async fn shared_store(dir: &std::path::Path) -> Option<String> {
+    if std::env::var("MUSTER_TEST_STORE").ok()?.as_str() != "postgres" {
+        return None;
+    }
+    let marker = dir.join("postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return Some(url);
+    }
+    let db = muster_store_pg::testing::TestDatabase::create("e2e")
+        .await
+        .expect("MUSTER_TEST_STORE=postgres needs MUSTER_TEST_POSTGRES");
+    std::fs::write(&marker, &db.url).unwrap();
+    Some(db.url)
+}
+
 impl TestServer {
     /// A server on 127.0.0.1 with ephemeral ports.
     pub async fn start() -> Self {
@@ -70,6 +89,11 @@ impl TestServer {
             hostnames: vec!["localhost".into()],
             ..Config::default()
         };
+        if config.store == "sqlite"
+            && let Some(url) = shared_store(dir.path()).await
+        {
+            config.store = url;
+        }
         adjust(&mut config);
         let running = muster_server::start(config.clone()).await.unwrap();
         Self {

@@ -481,6 +481,15 @@ pub(crate) struct ServeArgs {
     /// hub or DPS policy's SAS token.
     #[arg(long, env = "MUSTER_METRICS_BIND", value_name = "ADDR:PORT")]
     pub(crate) metrics_bind: Option<std::net::SocketAddr>,
+    /// Where durable state lives: "sqlite" (DIR/muster.db, the default) or a PostgreSQL URL,
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, which several nodes can share.
+    #[arg(
+        long,
+        env = "MUSTER_STORE",
+        value_name = "sqlite|URL",
+        hide_env_values = true
+    )]
+    pub(crate) store: Option<String>,
     /// Host name devices and clients use; repeat for several hubs (the first is the DPS host)
     /// [default: localhost]. From the environment: MUSTER_HOSTNAMES, comma-separated.
     #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]

@@ -61,6 +61,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(a) = args.metrics_bind {
         config.metrics_bind = Some(a);
     }
+    if let Some(store) = &args.store {
+        config.store.clone_from(store);
+    }
     if !args.hostnames.is_empty() {
         config.hostnames.clone_from(&args.hostnames);
     }
