@@ -6,7 +6,7 @@
 //! DIR/tls/server.pem        server certificate (leaf + CA) for every host name, localhost,
 //! DIR/tls/server.key.pem    127.0.0.1, ::1 and the bind address; replaceable by the operator
 //! DIR/state.json            ID scope and shared access policy keys (0600)
-//! DIR/muster.db             SQLite database
+//! DIR/muster.db             SQLite database (store = "sqlite", the default)
 //! ```
 //! A server certificate that lacks a configured name, or expires within 30 days, is re-issued
 //! from the data-dir CA on start (only if muster made it: an operator's own certificate is kept).
@@ -191,7 +191,7 @@ pub fn prepare(config: &Config) -> Result<(Paths, State), BootstrapError> {
         fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700))
             .map_err(io(&paths.dir))?;
     }
-    if !paths.database().exists() {
+    if config.store == "sqlite" && !paths.database().exists() {
         // Created here so it starts 0600; SQLite gives its -wal and -shm files the same mode.
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);

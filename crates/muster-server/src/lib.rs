@@ -24,6 +24,7 @@
 mod accept;
 mod amqp;
 pub mod bootstrap;
+pub mod cluster;
 pub mod config;
 mod device_api;
 mod json;
@@ -98,6 +99,9 @@ pub enum ServerError {
     /// The PostgreSQL store.
     #[error(transparent)]
     Postgres(#[from] muster_store_pg::OpenError),
+    /// Joining the nodes that share the store.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// TLS.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -337,7 +341,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             muster_store_pg::PgStore::connect(&config.store, config.store_pool_size).await?,
         ))
     };
-    let (ctx, paths, state) = build_context(&config, shared)?;
+    if let Some(store) = &shared {
+        cluster::share_identity(store.as_ref(), &config).await?;
+    }
+    let (ctx, paths, state) = build_context(&config, shared.clone())?;
     // The portal's admin password: made at first start and printed once (only its hash is
     // kept). Hashing takes a moment, so it runs off the async threads, and before
     // `endpoint.json` announces the server.
@@ -350,6 +357,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             path: portal::admin_hash_path(&paths.dir).display().to_string(),
             source,
         })?;
+    if let Some(store) = &shared {
+        cluster::share_admin_password(store.as_ref(), &paths.dir).await?;
+    }
     let _ = ctx.amqp_port.set(amqp_addr.port());
     let chain = read(&paths.server())?;
     let key = read(&paths.server_key())?;

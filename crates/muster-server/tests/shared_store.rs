@@ -80,6 +80,31 @@ async fn three_nodes_share_state_and_race_registrations_to_one_device() {
     let nodes = three_nodes(&db).await;
     let pki = Pki::new();
 
+    // One identity: the first node made it, the others took it from the store.
+    for node in &nodes[1..] {
+        assert_eq!(node.id_scope(), nodes[0].id_scope());
+        assert_eq!(node.ca_pem(), nodes[0].ca_pem());
+        assert!(
+            node.running.admin_password.is_none(),
+            "only the first node prints an admin password"
+        );
+    }
+    assert!(nodes[0].running.admin_password.is_some());
+    let hash = |n: &TestServer| std::fs::read(n.data_dir().join("portal-admin.hash")).unwrap();
+    assert_eq!(hash(&nodes[2]), hash(&nodes[0]));
+    assert!(
+        !nodes[1].data_dir().join("muster.db").exists(),
+        "no SQLite database beside a shared store"
+    );
+    // Each node's server certificate chains to the shared root, and the policy keys are the
+    // same: node 1's connection string and trust bundle work against node 3.
+    let node1_cs = nodes[0].running.info["hubConnectionString"]
+        .as_str()
+        .unwrap();
+    let via_node3 = common::Rest::new(node1_cs, &nodes[0].ca_pem(), nodes[2].running.https_addr);
+    let (status, _, body) = via_node3.send(Method::GET, "/devices", None, &[]).await;
+    assert_eq!(status, 200, "{body}");
+
     // The CA and the group are made through node 1 and used through nodes 2 and 3.
     let rest = nodes[0].rest();
     rest.upload_verified_ca("root-ca", &pki.root.cert.pem, &pki.root.cert.key_pem)
@@ -242,4 +267,31 @@ async fn twin_versions_stay_exact_under_writers_on_every_node() {
         .await;
     assert_eq!(status, 200);
     stop_all(nodes, db).await;
+}
+
+/// A node whose data directory belongs to another installation is refused, with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_directory_of_another_installation_is_refused() {
+    let Some(db) = TestDatabase::create("foreign").await else {
+        return;
+    };
+    let first = TestServer::start_with({
+        let url = db.url.clone();
+        move |c| c.store = url
+    })
+    .await;
+    // A single node with its own SQLite store and identity…
+    let single = TestServer::start_with(|c| c.store = "sqlite".into()).await;
+    let mut config = single.config.clone();
+    let dir = single.stop().await;
+    // …pointed at the cluster's store.
+    config.store.clone_from(&db.url);
+    let err = muster_server::start(config).await.unwrap_err();
+    let message = format!("{err}");
+    assert!(message.contains("belongs to ID scope"), "{message}");
+    assert!(message.contains("empty data directory"), "{message}");
+    assert!(message.contains(&first.id_scope()), "{message}");
+    drop(dir);
+    first.stop().await;
+    db.drop().await;
 }

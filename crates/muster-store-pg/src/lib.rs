@@ -87,7 +87,10 @@ pub enum OpenError {
         mode: String,
     },
     /// The database could not be reached or migrated.
-    #[error("PostgreSQL at {url}: {source}")]
+    #[error(
+        "PostgreSQL at {url}: {source} (is the server running, does the database exist — createdb \
+         NAME — and may this user log in?)"
+    )]
     Database {
         /// The URL with any password removed.
         url: String,

@@ -72,11 +72,15 @@ pub enum Collection {
     /// A hub's routing configuration: routes, custom endpoints, enrichments and the fallback
     /// route, one document (key: hub; index: hub).
     Routes,
+    /// What the nodes sharing one store share besides documents: the ID scope, the policy
+    /// keys and the trust root (key: `identity`), the portal's admin password hash (key:
+    /// `portal-admin`).
+    Cluster,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::CaCertificates,
         Self::EnrollmentGroups,
         Self::Enrollments,
@@ -89,6 +93,7 @@ impl Collection {
         Self::Connections,
         Self::ConsumerGroups,
         Self::Routes,
+        Self::Cluster,
     ];
 
     /// The stable name used in storage.
@@ -107,6 +112,7 @@ impl Collection {
             Self::Connections => "connections",
             Self::ConsumerGroups => "consumer_groups",
             Self::Routes => "routes",
+            Self::Cluster => "cluster",
         }
     }
 }

@@ -308,6 +308,29 @@ fn config_default_is_printed_and_bad_config_is_refused() {
 }
 
 #[test]
+fn a_bad_store_is_refused_with_what_to_write_and_no_password_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |store: &str| {
+        let out = serve(tmp.path())
+            .args(["--store", store])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{store} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("mysql://muster:hunter2@db/muster");
+    assert!(err.contains("postgres://USER@HOST/DATABASE"), "{err}");
+    assert!(!err.contains("hunter2"), "password shown: {err}");
+    // A PostgreSQL that is not there: refused within the connect timeout, naming the address.
+    let err = run("postgres://muster:hunter2@127.0.0.1:1/muster");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(!err.contains("hunter2"), "password shown: {err}");
+    let err = run("postgres://muster@127.0.0.1/muster?sslmode=require");
+    assert!(err.contains("sslmode"), "{err}");
+}
+
+#[test]
 fn one_server_per_data_dir_and_nothing_touched_before_the_ports_are_bound() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
