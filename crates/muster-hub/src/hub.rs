@@ -13,12 +13,13 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{self, AuthError, Authenticated, CaSource, Credential};
 use crate::c2d::{C2dMessage, Delivery};
+use crate::cluster::Cluster;
 use crate::docs;
 use crate::feedback;
 use crate::identity::{Action, Identity};
 use crate::methods::{MethodCall, MethodResult};
 use crate::model::{Device, DeviceStatus, Module, Twin};
-use crate::presence::{Outbound, Presence, Registration};
+use crate::presence::{MethodOutcome, Outbound, Presence, Registration};
 use crate::registry::{HubError, Registry};
 use crate::routing::{self, Source};
 use crate::telemetry::{IngestError, MAX_TELEMETRY, Telemetry, to_event};
@@ -31,7 +32,8 @@ pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Hub {
     registry: Registry,
     events: Arc<dyn EventLog>,
-    presence: Presence,
+    presence: Arc<Presence>,
+    cluster: Option<Arc<dyn Cluster>>,
     feedback: feedback::Feedback,
     cas: Arc<dyn CaSource>,
     hostnames: Vec<String>,
@@ -62,7 +64,8 @@ impl Hub {
         Self {
             registry,
             events,
-            presence: Presence::default(),
+            presence: Arc::default(),
+            cluster: None,
             feedback: feedback::Feedback::default(),
             cas,
             hostnames,
@@ -77,6 +80,14 @@ impl Hub {
     #[must_use]
     pub fn with_partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions.max(1);
+        self
+    }
+
+    /// Join the other nodes of a cluster: sessions are claimed there, and service calls for
+    /// identities held by other nodes go through it.
+    #[must_use]
+    pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -213,9 +224,10 @@ impl Hub {
         &self.events
     }
 
-    /// The live sessions of this node.
+    /// The live sessions of this node (shared: the cluster's bus serves other nodes' requests
+    /// from them).
     #[must_use]
-    pub fn presence(&self) -> &Presence {
+    pub fn presence(&self) -> &Arc<Presence> {
         &self.presence
     }
 
@@ -304,6 +316,9 @@ impl Hub {
     /// and the identity reads as connected from now on.
     pub async fn connect(&self, identity: &Identity) -> Registration {
         let registration = self.presence.register(&identity.key());
+        if let Some(cluster) = &self.cluster {
+            cluster.claim(&identity.key()).await;
+        }
         let recorded = self
             .registry
             .record_activity(&identity.hub, &identity.id(), Some(true))
@@ -336,6 +351,9 @@ impl Hub {
         if self.presence.is_connected(&key) {
             debug!("a newer connection owns the identity");
             return;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.release(&key).await;
         }
         let recorded = self
             .registry
@@ -524,7 +542,7 @@ impl Hub {
         if let Some(patch) = notification {
             let version = patch.get("$version").and_then(Value::as_u64).unwrap_or(0);
             let event = Outbound::DesiredPatch { version, patch };
-            let delivered = self.presence.send(&docs::key(hub, id), event);
+            let delivered = self.reach(&docs::key(hub, id), event).await;
             info!(
                 device_id = id,
                 version, delivered, "desired properties changed"
@@ -618,7 +636,7 @@ impl Hub {
             None
         };
         self.registry.delete_device(hub, id, if_match).await?;
-        self.kick(hub, id, &modules);
+        self.kick(hub, id, &modules).await;
         if let Some(twin) = twin {
             self.emit(
                 hub,
@@ -633,6 +651,26 @@ impl Hub {
         Ok(())
     }
 
+    /// Queue `event` for the session of `key`, on this node or, through the cluster, on the
+    /// node that holds it; `false` when none does (or its queue is full).
+    async fn reach(&self, key: &str, event: Outbound) -> bool {
+        if self.presence.send(key, event.clone()) {
+            return true;
+        }
+        match &self.cluster {
+            Some(cluster) => cluster.deliver(key, &event).await,
+            None => false,
+        }
+    }
+
+    /// Close the session of `key`, here and on any other node.
+    async fn kick_key(&self, key: &str) {
+        self.presence.kick(key);
+        if let Some(cluster) = &self.cluster {
+            cluster.kick(key).await;
+        }
+    }
+
     /// Close the connections of a device and its modules.
     async fn kick_device(&self, hub: &str, id: &str) {
         let modules = self
@@ -640,14 +678,14 @@ impl Hub {
             .list_modules(hub, id)
             .await
             .unwrap_or_default();
-        self.kick(hub, id, &modules);
+        self.kick(hub, id, &modules).await;
     }
 
-    fn kick(&self, hub: &str, id: &str, modules: &[Module]) {
-        self.presence.kick(&docs::key(hub, id));
+    async fn kick(&self, hub: &str, id: &str, modules: &[Module]) {
+        self.kick_key(&docs::key(hub, id)).await;
         for m in modules {
             let module = crate::modules::module_identity(id, &m.module_id);
-            self.presence.kick(&docs::key(hub, &module));
+            self.kick_key(&docs::key(hub, &module)).await;
         }
     }
 
@@ -666,7 +704,7 @@ impl Hub {
             .delete_module(hub, device_id, module_id, if_match)
             .await?;
         let module = crate::modules::module_identity(device_id, module_id);
-        self.presence.kick(&docs::key(hub, &module));
+        self.kick_key(&docs::key(hub, &module)).await;
         Ok(())
     }
 
@@ -705,23 +743,28 @@ impl Hub {
         call: MethodCall,
     ) -> Result<MethodResult, HubError> {
         let key = docs::key(hub, id);
-        if !self.presence.is_connected(&key) {
-            return Err(HubError::DeviceNotOnline(id.to_owned()));
-        }
         let rid = format!("{}{}", docs::random_suffix(), docs::random_suffix());
-        let reply = self.presence.expect_method(&key, &rid);
-        let request = Outbound::MethodRequest {
-            rid: rid.clone(),
-            name: call.name.clone(),
-            payload: call.payload.into_bytes(),
-        };
-        if !self.presence.send(&key, request) {
-            self.presence.abandon_method(&key, &rid);
-            return Err(HubError::DeviceNotOnline(id.to_owned()));
+        let mut outcome = self
+            .presence
+            .call_method(
+                &key,
+                &rid,
+                &call.name,
+                call.payload.as_bytes().to_vec(),
+                call.timeout,
+            )
+            .await;
+        if outcome == MethodOutcome::NotHere
+            && let Some(cluster) = &self.cluster
+        {
+            outcome = cluster
+                .call_method(&key, &call.name, call.payload.as_bytes(), call.timeout)
+                .await
+                .map_err(|e| HubError::Unavailable(e.to_string()))?;
         }
-        match tokio::time::timeout(call.timeout, reply).await {
-            Ok(Ok(None)) => Err(HubError::DeviceNotOnline(id.to_owned())),
-            Ok(Ok(Some((status, payload)))) => {
+        match outcome {
+            MethodOutcome::NotHere => Err(HubError::DeviceNotOnline(id.to_owned())),
+            MethodOutcome::Answered((status, payload)) => {
                 info!(
                     device_id = id,
                     method = call.name,
@@ -730,8 +773,7 @@ impl Hub {
                 );
                 Ok(MethodResult { status, payload })
             }
-            Ok(Err(_)) | Err(_) => {
-                self.presence.abandon_method(&key, &rid);
+            MethodOutcome::TimedOut => {
                 warn!(
                     device_id = id,
                     method = call.name,
@@ -765,8 +807,7 @@ impl Hub {
         message: &C2dMessage,
     ) -> Result<(), HubError> {
         self.registry.enqueue_c2d(hub, device_id, message).await?;
-        self.presence
-            .send(&docs::key(hub, device_id), Outbound::Mail);
+        self.reach(&docs::key(hub, device_id), Outbound::Mail).await;
         Ok(())
     }
 

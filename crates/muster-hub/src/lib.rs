@@ -35,6 +35,7 @@
 pub mod activity;
 pub mod auth;
 pub mod c2d;
+pub mod cluster;
 pub mod docs;
 pub mod eventhub;
 pub mod feedback;

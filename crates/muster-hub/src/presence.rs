@@ -127,6 +127,17 @@ pub struct Registration {
 /// A direct method's answer: the device's status and JSON payload.
 pub type MethodReply = (u16, Value);
 
+/// How a direct method call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MethodOutcome {
+    /// The device answered.
+    Answered(MethodReply),
+    /// No session of the identity takes methods here (not connected, or never subscribed).
+    NotHere,
+    /// The device did not answer in time.
+    TimedOut,
+}
+
 /// Shards of the live map: connects, disconnects and service calls for different devices
 /// rarely contend for the same lock.
 const SHARDS: usize = 32;
@@ -256,6 +267,39 @@ impl Presence {
             .ok()
             .and_then(|mut m| m.remove(&format!("{key}/{rid}")));
         waiting.is_some_and(|tx| tx.send(reply).is_ok())
+    }
+
+    /// Call a direct method on the session of `key` on this node and wait up to `timeout` for
+    /// its answer. `rid` names the call on the wire.
+    pub async fn call_method(
+        &self,
+        key: &str,
+        rid: &str,
+        name: &str,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> MethodOutcome {
+        if !self.is_connected(key) {
+            return MethodOutcome::NotHere;
+        }
+        let reply = self.expect_method(key, rid);
+        let request = Outbound::MethodRequest {
+            rid: rid.to_owned(),
+            name: name.to_owned(),
+            payload,
+        };
+        if !self.send(key, request) {
+            self.abandon_method(key, rid);
+            return MethodOutcome::NotHere;
+        }
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(Some(answer))) => MethodOutcome::Answered(answer),
+            Ok(Ok(None)) => MethodOutcome::NotHere,
+            Ok(Err(_)) | Err(_) => {
+                self.abandon_method(key, rid);
+                MethodOutcome::TimedOut
+            }
+        }
     }
 
     /// Close the identity's connection (deleted or disabled).

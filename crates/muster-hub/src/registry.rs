@@ -76,6 +76,10 @@ pub enum HubError {
     /// 500: a stored document does not have the shape it should.
     #[error("a stored identity or twin is unreadable: {0}")]
     Corrupt(String),
+    /// 503 ServiceUnavailable: the node that holds the device's connection cannot be reached
+    /// (the cluster's bus is down); retry.
+    #[error("the device's node cannot be reached now: {0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for HubError {
@@ -104,6 +108,7 @@ impl HubError {
             | Self::ModuleNotFound(_)
             | Self::NotFound(_) => 404,
             Self::GatewayTimeout(_) => 504,
+            Self::Unavailable(_) => 503,
             Self::QueueFull(_) => 403,
             Self::DeviceAlreadyExists(_)
             | Self::ModuleAlreadyExists(_)
@@ -122,6 +127,7 @@ impl HubError {
             Self::DeviceNotFound(_) => "DeviceNotFound",
             Self::DeviceNotOnline(_) => "DeviceNotOnline",
             Self::GatewayTimeout(_) => "GatewayTimeoutError",
+            Self::Unavailable(_) => "ServiceUnavailable",
             Self::QueueFull(_) => "DeviceMaximumQueueDepthExceeded",
             Self::DeviceAlreadyExists(_) => "DeviceAlreadyExists",
             Self::ModuleNotFound(_) => "ModuleNotFound",

@@ -42,6 +42,15 @@ store = "sqlite"
 # Connections each node keeps to PostgreSQL.
 store_pool_size = 16
 
+# Several nodes as one hub (docs/cluster.md): the NATS server (with JetStream) that carries
+# which node holds each device and the signals between nodes, e.g. "nats://127.0.0.1:4222".
+# Needs a PostgreSQL store. Unset: one node.
+# bus = "nats://127.0.0.1:4222"
+# This node's name on the bus (letters, digits, '-', '_'); defaults to the machine's host name.
+# node_id = "node-1"
+# Replicas of the bus's buckets: 1 for one NATS server, 3 for a NATS cluster.
+bus_replicas = 1
+
 # Host names the server certificate covers. The first is the provisioning host and the host of
 # the default hub, returned to devices as `assignedHub`; each name is one logical hub.
 hostnames = ["localhost"]
@@ -202,6 +211,12 @@ pub struct Config {
     pub store: String,
     /// PostgreSQL connections per node.
     pub store_pool_size: usize,
+    /// NATS URL of the cluster bus, if several nodes form one hub.
+    pub bus: Option<String>,
+    /// This node's name on the bus.
+    pub node_id: Option<String>,
+    /// Replicas of the bus's KV buckets.
+    pub bus_replicas: usize,
     /// Host names; the first is the DPS host and the default hub.
     pub hostnames: Vec<String>,
     /// Limits.
@@ -226,6 +241,9 @@ impl Default for Config {
             metrics_bind: None,
             store: "sqlite".to_owned(),
             store_pool_size: 16,
+            bus: None,
+            node_id: None,
+            bus_replicas: 1,
             hostnames: vec!["localhost".to_owned()],
             limits: Limits::default(),
             dps: DpsSettings::default(),
@@ -297,6 +315,28 @@ impl Config {
                 "store_pool_size must be between 1 and 1024".into(),
             ));
         }
+        if let Some(bus) = &self.bus {
+            if !(bus.starts_with("nats://") || bus.starts_with("tls://")) {
+                return Err(ConfigError(format!(
+                    "bus must be a NATS URL, nats://HOST:PORT, not '{bus}'"
+                )));
+            }
+            if self.store == "sqlite" {
+                return Err(ConfigError(
+                    "bus joins several nodes, which must share a PostgreSQL store: set store = \"postgres://…\" too".into(),
+                ));
+            }
+        }
+        if let Some(node) = &self.node_id
+            && !(1..=64).contains(&node.len())
+        {
+            return Err(ConfigError(format!(
+                "node_id '{node}' must be 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        if !matches!(self.bus_replicas, 1 | 3 | 5) {
+            return Err(ConfigError("bus_replicas must be 1, 3 or 5".into()));
+        }
         if !(1..=32).contains(&self.hub.partitions) {
             return Err(ConfigError(
                 "hub.partitions must be between 1 and 32 (IoT Hub allows 2 to 32)".into(),
@@ -317,6 +357,36 @@ pub use muster_types::parse_duration;
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// This node's name on the bus: `node_id`, else the machine's host name (dots and other
+/// characters a NATS subject cannot carry become '-').
+#[must_use]
+pub fn node_id(config: &Config) -> String {
+    if let Some(id) = &config.node_id {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "muster".to_owned());
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if id.is_empty() {
+        "muster".to_owned()
+    } else {
+        id
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,9 @@ pub enum ServerError {
     /// The PostgreSQL store.
     #[error(transparent)]
     Postgres(#[from] muster_store_pg::OpenError),
+    /// Joining the cluster bus.
+    #[error(transparent)]
+    Bus(#[from] muster_bus_nats::JoinError),
     /// Joining the nodes that share the store.
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
@@ -193,6 +196,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
 fn build_context(
     config: &Config,
     store: Option<Arc<dyn muster_store::Store>>,
+    cluster: Option<Arc<dyn muster_hub::cluster::Cluster>>,
 ) -> Result<(Arc<Context>, Paths, State), ServerError> {
     config.check()?;
     let (paths, state) = bootstrap::prepare(config)?;
@@ -246,6 +250,10 @@ fn build_context(
         resource_hosts,
     )
     .with_partitions(config.hub.partitions);
+    let hub = match cluster {
+        Some(cluster) => hub.with_cluster(cluster),
+        None => hub,
+    };
     let ctx = Arc::new(Context {
         dps,
         hub,
@@ -344,7 +352,28 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(store) = &shared {
         cluster::share_identity(store.as_ref(), &config).await?;
     }
-    let (ctx, paths, state) = build_context(&config, shared.clone())?;
+    // Several nodes: join the bus under the cluster's ID scope (shared through the store).
+    let bus = match &config.bus {
+        Some(url) => {
+            let (_, state) = bootstrap::prepare(&config)?;
+            Some(
+                muster_bus_nats::NatsCluster::join(
+                    url,
+                    &config::node_id(&config),
+                    &state.id_scope,
+                    config.bus_replicas,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    let (ctx, paths, state) = build_context(
+        &config,
+        shared.clone(),
+        bus.clone()
+            .map(|b| b as Arc<dyn muster_hub::cluster::Cluster>),
+    )?;
     // The portal's admin password: made at first start and printed once (only its hash is
     // kept). Hashing takes a moment, so it runs off the async threads, and before
     // `endpoint.json` announces the server.
@@ -392,9 +421,17 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         tracker.clone(),
     ));
     routing::spawn(Arc::clone(&ctx), shutdown.clone(), &tracker);
-    // Devices marked connected by a previous process hold no connection now.
+    if let Some(bus) = bus {
+        tracker.spawn(bus.serve(Arc::clone(ctx.hub.presence()), shutdown.clone()));
+    }
+    // Devices marked connected by a previous process hold no connection now. (Not on a
+    // shared store: the devices other nodes hold are connected.)
     let sweep = Arc::clone(&ctx);
+    let single_node = config.store == "sqlite";
     tracker.spawn(async move {
+        if !single_node {
+            return;
+        }
         let hub = &sweep.hub;
         match hub
             .registry()

@@ -490,6 +490,13 @@ pub(crate) struct ServeArgs {
         hide_env_values = true
     )]
     pub(crate) store: Option<String>,
+    /// Join several nodes into one hub over this NATS server (with JetStream),
+    /// nats://HOST:PORT; needs a PostgreSQL --store shared by the nodes.
+    #[arg(long, env = "MUSTER_BUS", value_name = "URL")]
+    pub(crate) bus: Option<String>,
+    /// This node's name on the bus [default: the machine's host name].
+    #[arg(long, env = "MUSTER_NODE_ID", value_name = "NAME")]
+    pub(crate) node_id: Option<String>,
     /// Host name devices and clients use; repeat for several hubs (the first is the DPS host)
     /// [default: localhost]. From the environment: MUSTER_HOSTNAMES, comma-separated.
     #[arg(long = "hostname", env = "MUSTER_HOSTNAMES", value_delimiter = ',')]

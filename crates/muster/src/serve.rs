@@ -64,6 +64,12 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(store) = &args.store {
         config.store.clone_from(store);
     }
+    if let Some(bus) = &args.bus {
+        config.bus = Some(bus.clone());
+    }
+    if let Some(node) = &args.node_id {
+        config.node_id = Some(node.clone());
+    }
     if !args.hostnames.is_empty() {
         config.hostnames.clone_from(&args.hostnames);
     }
