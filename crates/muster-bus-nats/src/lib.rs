@@ -175,6 +175,56 @@ fn now_ms() -> i64 {
         .unwrap_or(i64::MAX)
 }
 
+async fn live_nodes(nodes: &kv::Store) -> Result<Vec<NodeStatus>, BusError> {
+    let mut keys = nodes.keys().await.map_err(|e| BusError(e.to_string()))?;
+    let mut out = Vec::new();
+    let ttl_ms = i128::try_from(NODE_TTL.as_millis()).unwrap_or(i128::MAX);
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if let Ok(Some(entry)) = nodes.entry(&key).await
+            && entry.operation == kv::Operation::Put
+            && let Ok(mut status) = serde_json::from_slice::<NodeStatus>(&entry.value)
+        {
+            let age = (time::OffsetDateTime::now_utc() - entry.created).whole_milliseconds();
+            status.age_ms = i64::try_from(age).unwrap_or(i64::MAX);
+            if age <= ttl_ms {
+                out.push(status);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(out)
+}
+
+/// The live nodes of the cluster `namespace` (its ID scope) on the NATS at `url`, read without
+/// joining it (`muster cluster status`).
+///
+/// # Errors
+/// [`JoinError::Connect`] when NATS cannot be reached; an empty list when no node of that
+/// cluster ever announced itself.
+pub async fn status(url: &str, namespace: &str) -> Result<Vec<NodeStatus>, JoinError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("muster cluster status")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| JoinError::Connect {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let js = jetstream::new(client);
+    let Ok(nodes) = js
+        .get_key_value(format!("MUSTER_{}_NODES", escape(namespace)))
+        .await
+    else {
+        return Ok(Vec::new());
+    };
+    live_nodes(&nodes).await.map_err(|e| JoinError::Connect {
+        url: url.to_owned(),
+        reason: e.0,
+    })
+}
+
 /// The bus of one node.
 pub struct NatsCluster {
     client: async_nats::Client,
@@ -354,29 +404,14 @@ impl NatsCluster {
     /// # Errors
     /// [`BusError`] when the bucket cannot be read.
     pub async fn live_nodes(&self) -> Result<Vec<NodeStatus>, BusError> {
-        let mut keys = self
-            .nodes
-            .keys()
-            .await
-            .map_err(|e| BusError(e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(key) = keys.next().await {
-            let Ok(key) = key else { continue };
-            if let Ok(Some(entry)) = self.nodes.entry(&key).await
-                && entry.operation == kv::Operation::Put
-                && let Ok(mut status) = serde_json::from_slice::<NodeStatus>(&entry.value)
-            {
-                let age = time::OffsetDateTime::now_utc() - entry.created;
-                status.age_ms = i64::try_from(age.whole_milliseconds()).unwrap_or(i64::MAX);
-                if age.whole_milliseconds()
-                    <= i128::from(u64::try_from(NODE_TTL.as_millis()).unwrap_or(u64::MAX))
-                {
-                    out.push(status);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.node.cmp(&b.node));
-        Ok(out)
+        live_nodes(&self.nodes).await
+    }
+
+    /// Whether the bus is connected now (readiness: a node that cannot reach the others must
+    /// not take devices).
+    #[must_use]
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     async fn answer(&self, sessions: &Presence, message: async_nats::Message) {
@@ -692,6 +727,10 @@ impl Cluster for NatsCluster {
 
     async fn owner(&self, key: &str) -> Option<String> {
         self.holder(key).await.map(|(h, _)| h.node)
+    }
+
+    fn connected(&self) -> bool {
+        NatsCluster::connected(self)
     }
 }
 

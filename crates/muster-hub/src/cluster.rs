@@ -58,4 +58,7 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
 
     /// The node holding `key`, if any node does (this one included).
     async fn owner(&self, key: &str) -> Option<String>;
+
+    /// Whether this node reaches the bus now.
+    fn connected(&self) -> bool;
 }

@@ -91,6 +91,12 @@ impl Hub {
         self
     }
 
+    /// The cluster this node belongs to, if any.
+    #[must_use]
+    pub fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.cluster.as_ref()
+    }
+
     /// Message routing: its configuration and change notifications.
     #[must_use]
     pub fn router(&self) -> &routing::Router {

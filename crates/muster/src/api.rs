@@ -36,11 +36,19 @@ impl Api {
         } else {
             "dpsConnectionString"
         };
+        // From the data directory, a server bound to one address (a cluster node on its own
+        // loopback or LAN address) is reached there, whatever its host name resolves to.
+        let mut bound: Option<std::net::IpAddr> = None;
         let text = match (&args.connection_string, std::env::var(env_var)) {
             (Some(cs), _) => cs.clone(),
             (None, Ok(cs)) if !cs.is_empty() => cs,
             _ => {
                 let info = crate::serve::local_info(&args.server.data_dir)?;
+                bound = info
+                    .get("bind")
+                    .and_then(Value::as_str)
+                    .and_then(|b| b.parse::<std::net::IpAddr>().ok())
+                    .filter(|ip| !ip.is_unspecified());
                 info.get(info_key)
                     .and_then(Value::as_str)
                     .context("the data directory has no such policy")?
@@ -48,6 +56,13 @@ impl Api {
             }
         };
         let conn = ConnectionString::parse(&text)?;
+        let resolve = bound.map(|ip| {
+            let (host, port) = match conn.host_name.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(443)),
+                None => (conn.host_name.clone(), 443),
+            };
+            (host, std::net::SocketAddr::new(ip, port))
+        });
         if conn.key_name.is_none() || conn.key.is_none() {
             bail!("the connection string needs SharedAccessKeyName and SharedAccessKey");
         }
@@ -67,6 +82,9 @@ impl Api {
         };
         let build = |timeout: Option<Duration>| {
             let mut builder = reqwest::Client::builder().use_rustls_tls();
+            if let Some((host, addr)) = &resolve {
+                builder = builder.resolve(host, *addr);
+            }
             if let Some(root) = &root {
                 builder = builder.add_root_certificate(root.clone());
             }

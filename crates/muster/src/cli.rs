@@ -61,6 +61,15 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: PortalCommand,
     },
+    /// Several nodes as one hub: their state on the bus.
+    Cluster {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Make and inspect certificates: CAs, proof-of-possession and device certificates.
     Certs {
         #[command(flatten)]
@@ -510,6 +519,17 @@ pub(crate) enum LogFormat {
     Text,
     /// One JSON object a line: `timestamp`, `level`, `fields`, `spans`.
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// The live nodes: their connections, start time and how long ago each last announced
+    /// itself (reads the bus; the cluster is named by the data directory's ID scope).
+    Status {
+        /// The cluster's NATS server.
+        #[arg(long, env = "MUSTER_BUS", value_name = "URL")]
+        bus: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

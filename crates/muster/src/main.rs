@@ -72,6 +72,11 @@ fn main() -> ExitCode {
             server,
             command: cli::PortalCommand::ResetAdminPassword,
         } => serve::reset_admin_password(&server.data_dir),
+        cli::Command::Cluster {
+            server,
+            output,
+            command: cli::ClusterCommand::Status { bus },
+        } => serve::cluster_status(&server.data_dir, &bus, output.output),
         cli::Command::Config(cli::ConfigCommand::Default) => {
             serve::config_default();
             Ok(())

@@ -200,6 +200,62 @@ pub(crate) fn reset_admin_password(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `muster cluster status`: the live nodes of the data directory's cluster.
+pub(crate) fn cluster_status(data_dir: &Path, bus: &str, output: crate::cli::Output) -> Result<()> {
+    let info = local_info(data_dir)?;
+    let scope = info
+        .get("idScope")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let runtime = crate::api::runtime()?;
+    let nodes = runtime
+        .block_on(muster_bus_nats::status(bus, &scope))
+        .context("cannot read the cluster's state")?;
+    let connections: u64 = nodes.iter().map(|n| n.connections).sum();
+    match output {
+        crate::cli::Output::Json => out!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "idScope": scope,
+                "nodes": nodes,
+                "connections": connections,
+            }))
+            .unwrap_or_default()
+        ),
+        _ => {
+            if nodes.is_empty() {
+                out!("no live node of cluster {scope} on {bus}");
+                return Ok(());
+            }
+            out!(
+                "{:<24} {:>12} {:<22} {:>10}",
+                "NODE",
+                "CONNECTIONS",
+                "STARTED (UTC)",
+                "LAST SEEN"
+            );
+            for n in &nodes {
+                let started = time::OffsetDateTime::from_unix_timestamp(n.started_ms / 1000)
+                    .map(muster_types::time_fmt::azure)
+                    .unwrap_or_default();
+                out!(
+                    "{:<24} {:>12} {:<22} {:>8.1} s",
+                    n.node,
+                    n.connections,
+                    started.get(..19).unwrap_or(&started),
+                    n.age_ms as f64 / 1000.0
+                );
+            }
+            out!(
+                "{} node(s), {connections} connection(s), cluster {scope}",
+                nodes.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The server's identity and endpoint as recorded in its data directory.
 pub(crate) fn local_info(data_dir: &Path) -> Result<Value> {
     let paths = Paths {

@@ -1,5 +1,5 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (it can serve: the store answers a
-//! read), unauthenticated, for load balancers and orchestrators.
+//! read and, on a cluster, the bus is connected), unauthenticated, for load balancers and orchestrators.
 
 use std::sync::Arc;
 
@@ -18,6 +18,16 @@ pub(crate) async fn healthz() -> Response {
 }
 
 pub(crate) async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    if let Some(cluster) = ctx.hub.cluster()
+        && !cluster.connected()
+    {
+        warn!("not ready: the cluster bus is not connected");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "the cluster bus is not connected"})),
+        )
+            .into_response();
+    }
     let hub = crate::portal::default_hub(&ctx);
     // A read of an id no device has: "not found" proves the store answers.
     match ctx
