@@ -524,6 +524,135 @@ async fn python_device_sdk_follows_its_twin_on_the_hub() {
     );
 }
 
+/// The lab with the official Python SDK on a cluster: the device provisions through node 1
+/// (127.0.0.16), connects to the hub on node 2 (127.0.0.17), and the operator changes the
+/// desired property through node 3 (127.0.0.18); the three share a PostgreSQL store and a
+/// NATS bus. Needs `MUSTER_TEST_POSTGRES` and `MUSTER_TEST_NATS` besides the SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the official Python SDK (MUSTER_SDK_PYTHON); run with: bash tests/sdk/run.sh"]
+async fn python_sdk_lab_with_provisioning_and_hub_on_different_nodes() {
+    let py = python();
+    let Ok(nats) = std::env::var("MUSTER_TEST_NATS") else {
+        eprintln!(
+            "skipped: set MUSTER_TEST_NATS=nats://127.0.0.1:4222 (and MUSTER_TEST_POSTGRES) for the cluster lab"
+        );
+        return;
+    };
+    let Some(db) = muster_store_pg::testing::TestDatabase::create("sdklab").await else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for n in 1..=3u8 {
+        let (url, bus) = (db.url.clone(), nats.clone());
+        nodes.push(
+            TestServer::start_with(move |c| {
+                c.bind = IpAddr::from([127, 0, 0, 15 + n]);
+                c.mqtt_port = 8883;
+                c.store = url;
+                c.bus = Some(bus);
+                c.node_id = Some(format!("lab{n}"));
+            })
+            .await,
+        );
+    }
+    let pki = Pki::new();
+    x509_group(&nodes[0], &pki.root.cert.pem, &pki.root.cert.key_pem).await;
+    let dir = nodes[0].dir.path().to_path_buf();
+    let cert = write(
+        &dir,
+        "device-1.pem",
+        &format!("{}{}", pki.leaf.pem, pki.intermediate.cert.pem),
+    );
+    let key = write(&dir, "device-1.key.pem", &pki.leaf.key_pem);
+    // One trust root for the cluster: node 1's bundle verifies every node.
+    let trust = nodes[0].data_dir().join("tls/ca.pem").display().to_string();
+    let scope = nodes[0].id_scope();
+    let (py2, cert2, key2, trust2) = (py.clone(), cert.clone(), key.clone(), trust.clone());
+    let provisioned = tokio::task::spawn_blocking(move || {
+        run(
+            &py2,
+            "provision_x509.py",
+            &[
+                "--host",
+                "127.0.0.16",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "device-1",
+                "--cert",
+                &cert2,
+                "--key",
+                &key2,
+                "--trust",
+                &trust2,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(provisioned["ok"], true, "{provisioned}");
+    assert_eq!(provisioned["status"], "assigned");
+    let device = tokio::task::spawn_blocking(move || {
+        run(
+            &py,
+            "hub_device.py",
+            &[
+                "--host",
+                "127.0.0.17",
+                "--device-id",
+                "device-1",
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--trust",
+                &trust,
+                "--wait",
+                "30",
+            ],
+        )
+    });
+    let rest = nodes[2].hub_rest();
+    let mut reported = false;
+    for _ in 0..100 {
+        let twin = rest.ok(Method::GET, "/twins/device-1", None, &[]).await;
+        if twin["properties"]["reported"]["telemetryDelay"] == 1 {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        reported,
+        "the device never reported telemetryDelay (seen through node 3)"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    rest.ok(
+        Method::PATCH,
+        "/twins/device-1",
+        Some(json!({"properties": {"desired": {"telemetryDelay": "2"}}})),
+        &[],
+    )
+    .await;
+    let result = device.await.unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["desired"]["telemetryDelay"], "1");
+    let last = result["patches"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        last["telemetryDelay"], "2",
+        "the patch made on node 3 reached node 2: {result}"
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+    db.drop().await;
+}
+
 /// `hub_device_flows.py` running in the background: its stderr is read line by line (markers and
 /// SDK logs), its stdin is the offline gate. Killed on drop so a failing test leaves nothing.
 struct FlowsDevice {
