@@ -6,6 +6,9 @@
     service_load.py DATA_DIR c2d SECONDS PREFIX COUNT    C2D sends to PREFIX0..PREFIX{COUNT-1}, 8 at once
     service_load.py DATA_DIR methods SECONDS PREFIX COUNT CONCURRENCY
                                                           direct-method calls (5 s timeout) to them
+    service_load.py DATA_DIR twin SECONDS PREFIXES COUNT CONCURRENCY
+                                                          desired-property patches to PREFIXi0..COUNT-1
+                                                          (PREFIXES comma-separated), at random
 
 Each mode runs for SECONDS and prints one JSON object: what it did and the answers by status.
 """
@@ -165,6 +168,17 @@ def run(hub, mode, seconds):
                     {"Content-Type": "application/json"})
 
         out = {"mode": "methods", "answers": parallel(hub, seconds, concurrency, method)}
+    elif mode == "twin":
+        prefixes, count, concurrency = sys.argv[4].split(","), int(sys.argv[5]), int(sys.argv[6])
+        n = iter(range(10**12))
+
+        def patch():
+            i = next(n)
+            device = f"{random.choice(prefixes)}{random.randrange(count)}"
+            body = json.dumps({"properties": {"desired": {"benchPatch": i}}})
+            return ("PATCH", f"/twins/{device}", body, {"Content-Type": "application/json"})
+
+        out = {"mode": "twin", "answers": parallel(hub, seconds, concurrency, patch)}
     else:
         sys.exit(f"unknown mode {mode}")
     print(json.dumps(out), flush=True)

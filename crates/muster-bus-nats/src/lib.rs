@@ -478,19 +478,24 @@ impl NatsCluster {
         }
     }
 
-    /// Who holds `key`, and the entry's revision.
+    /// Who holds `key`, and the entry's revision; `None` when no node does or the bus cannot
+    /// be read (logged).
     async fn holder(&self, key: &str) -> Option<(Holder, u64)> {
+        self.try_holder(key).await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read presence from the bus");
+            None
+        })
+    }
+
+    async fn try_holder(&self, key: &str) -> Result<Option<(Holder, u64)>, BusError> {
         match self.presence.entry(escape(key)).await {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                serde_json::from_slice::<Holder>(&entry.value)
+                Ok(serde_json::from_slice::<Holder>(&entry.value)
                     .ok()
-                    .map(|h| (h, entry.revision))
+                    .map(|h| (h, entry.revision)))
             }
-            Ok(_) => None,
-            Err(e) => {
-                warn!(error = %e, "cannot read presence from the bus");
-                None
-            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(BusError(format!("presence: {e}"))),
         }
     }
 
@@ -679,7 +684,8 @@ impl Cluster for NatsCluster {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<MethodOutcome, BusError> {
-        let Some((holder, revision)) = self.holder(key).await else {
+        // A bus that cannot be read is "unavailable" (503), not "offline" (404).
+        let Some((holder, revision)) = self.try_holder(key).await? else {
             return Ok(MethodOutcome::NotHere);
         };
         if holder.node == self.node {
