@@ -46,7 +46,8 @@ bench_vars() {
     cold-start) vars=("COLD_DEVICES=$COLD_DEVICES") ;;
     bounded-memory) vars=("DEVICES=$TELEMETRY_DEVICES") ;;
     soak) vars=("DEVICES=${SOAK_DEVICES:-10000}" "MINUTES=${SOAK_MINUTES:-30}") ;;
-    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry amqp routing eventhubs fanout idle-memory bounded-memory cold-start soak)" ;;
+    cluster) vars=() ;;
+    *) bench_die "unknown benchmark '$1' (known: provision-storm telemetry amqp routing eventhubs fanout idle-memory bounded-memory cold-start soak cluster)" ;;
     esac
 }
 
