@@ -25,6 +25,8 @@
 //! creates a KV bucket: the buckets' backing streams are created here explicitly (the same
 //! configuration `create_key_value` would send) and then opened.
 
+pub mod events;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,6 +230,9 @@ pub async fn status(url: &str, namespace: &str) -> Result<Vec<NodeStatus>, JoinE
 /// The bus of one node.
 pub struct NatsCluster {
     client: async_nats::Client,
+    js: jetstream::Context,
+    namespace: String,
+    replicas: usize,
     presence: kv::Store,
     nodes: kv::Store,
     node: String,
@@ -249,7 +254,7 @@ impl std::fmt::Debug for NatsCluster {
 }
 
 /// Open (creating if needed) a KV bucket through its backing stream.
-async fn bucket(
+pub(crate) async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
@@ -321,6 +326,9 @@ impl NatsCluster {
         let nodes = bucket(&js, &format!("MUSTER_{ns}_NODES"), NODE_TTL, replicas).await?;
         let cluster = Self {
             client,
+            js: js.clone(),
+            namespace: namespace.to_owned(),
+            replicas,
             presence,
             nodes,
             node: node.to_owned(),
@@ -348,6 +356,22 @@ impl NatsCluster {
         }
         info!(node, namespace, "joined the cluster bus");
         Ok(Arc::new(cluster))
+    }
+
+    /// The cluster's shared telemetry event log on JetStream, keeping events for `retention`.
+    ///
+    /// # Errors
+    /// [`JoinError::Bucket`] when JetStream refuses its stream.
+    pub async fn event_log(&self, retention: Duration) -> Result<events::JetStreamLog, JoinError> {
+        events::JetStreamLog::open(
+            &self.js,
+            &self.namespace,
+            &self.node,
+            &self.instance,
+            retention,
+            self.replicas,
+        )
+        .await
     }
 
     /// This process's instance id.

@@ -68,7 +68,7 @@ impl Harness {
             ..Config::default()
         };
         config.limits.connect_timeout = Duration::from_millis(200);
-        let (ctx, _, state) = crate::build_context(&config, None, None).expect("context");
+        let (ctx, _, state) = crate::build_context(&config, None, None, None).expect("context");
         runtime
             .block_on(ctx.hub.put_device(
                 "localhost",

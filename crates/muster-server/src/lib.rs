@@ -197,6 +197,7 @@ fn build_context(
     config: &Config,
     store: Option<Arc<dyn muster_store::Store>>,
     cluster: Option<Arc<dyn muster_hub::cluster::Cluster>>,
+    shared_events: Option<Arc<dyn muster_store::events::EventLog>>,
 ) -> Result<(Arc<Context>, Paths, State), ServerError> {
     config.check()?;
     let (paths, state) = bootstrap::prepare(config)?;
@@ -209,11 +210,13 @@ fn build_context(
         registry: registry.clone(),
         context: Arc::default(),
     };
-    let events: Arc<dyn muster_store::events::EventLog> =
-        Arc::new(muster_store::events::SqliteEventLog::open(
+    let events: Arc<dyn muster_store::events::EventLog> = match shared_events {
+        Some(events) => events,
+        None => Arc::new(muster_store::events::SqliteEventLog::open(
             &paths.dir.join("events.db"),
             config.hub.event_retention,
-        )?);
+        )?),
+    };
     let hubs: Vec<Hub> = config
         .hostnames
         .iter()
@@ -368,11 +371,17 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
         None => None,
     };
+    // The cluster's telemetry goes to its shared log on JetStream.
+    let shared_events: Option<Arc<dyn muster_store::events::EventLog>> = match &bus {
+        Some(bus) => Some(Arc::new(bus.event_log(config.hub.event_retention).await?)),
+        None => None,
+    };
     let (ctx, paths, state) = build_context(
         &config,
         shared.clone(),
         bus.clone()
             .map(|b| b as Arc<dyn muster_hub::cluster::Cluster>),
+        shared_events,
     )?;
     // The portal's admin password: made at first start and printed once (only its hash is
     // kept). Hashing takes a moment, so it runs off the async threads, and before

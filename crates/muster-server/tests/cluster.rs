@@ -250,6 +250,75 @@ async fn service_calls_through_any_node_reach_the_device_and_follow_it_to_anothe
     db.drop().await;
 }
 
+/// Telemetry from devices on nodes 1 and 2 is read from node 3, each device's in the order it
+/// was sent: the event log is the cluster's, on JetStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telemetry_from_every_node_is_read_from_any_node_in_order() {
+    const EACH: u16 = 40;
+    let Some((db, nats)) = services("events").await else {
+        return;
+    };
+    let n1 = node(&db, &nats, 1).await;
+    let n2 = node(&db, &nats, 2).await;
+    let n3 = node(&db, &nats, 3).await;
+    let rest = n3.hub_rest();
+    let mut senders = Vec::new();
+    for (id, on) in [("left", &n1), ("right", &n2)] {
+        let token = rest.sas_device(id).await;
+        let mut dev = connect(on, id, &token).await;
+        senders.push(tokio::spawn(async move {
+            for i in 1..=EACH {
+                dev.publish(
+                    &format!("devices/{id}/messages/events/seq={i}"),
+                    json!({"seq": i}).to_string().as_bytes(),
+                    i,
+                )
+                .await;
+            }
+            // Every PUBACK: all of them are stored.
+            let mut acked = 0;
+            while acked < EACH {
+                match tokio::time::timeout(Duration::from_secs(10), dev.recv()).await {
+                    Ok(Some(Packet::PubAck(_))) => acked += 1,
+                    other => panic!("{id}: waiting for PUBACKs, got {other:?}"),
+                }
+            }
+            dev
+        }));
+    }
+    let mut devices = Vec::new();
+    for s in senders {
+        devices.push(s.await.unwrap());
+    }
+    let events = rest
+        .read_events_from("earliest", None, usize::from(EACH) * 2)
+        .await;
+    for id in ["left", "right"] {
+        let seqs: Vec<u64> = events
+            .iter()
+            .filter(|e| e["deviceId"] == id)
+            .map(|e| e["body"]["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=u64::from(EACH)).collect::<Vec<_>>(),
+            "{id}: every acknowledged message once, in order"
+        );
+    }
+    assert_eq!(events[0]["properties"]["seq"], "1", "{}", events[0]);
+    // One device's messages, read from node 1 (the other device's node).
+    let right = n1
+        .hub_rest()
+        .read_events_from("earliest", Some("right"), usize::from(EACH))
+        .await;
+    assert!(right.iter().all(|e| e["deviceId"] == "right"));
+    drop(devices);
+    for n in [n1, n2, n3] {
+        n.stop().await;
+    }
+    db.drop().await;
+}
+
 /// A second node under a name that is live on the bus is refused with what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_live_node_id_cannot_be_taken_twice() {

@@ -38,7 +38,9 @@ pub struct TestServer {
 /// With `MUSTER_TEST_STORE=postgres` (and `MUSTER_TEST_POSTGRES` naming a server), every test
 /// server keeps its state in PostgreSQL instead of SQLite: a database of its own, made on first
 /// start and found again on a restart in the same directory (its URL is kept beside the data
-/// directory). CI runs the end-to-end suites once more this way.
+/// directory). CI runs the end-to-end suites once more this way, with `MUSTER_TEST_BUS` naming
+/// a NATS server too, so each test server is a one-node cluster whose telemetry goes to
+/// JetStream.
 async fn shared_store(dir: &std::path::Path) -> Option<String> {
     if std::env::var("MUSTER_TEST_STORE").ok()?.as_str() != "postgres" {
         return None;
@@ -89,12 +91,23 @@ impl TestServer {
             hostnames: vec!["localhost".into()],
             ..Config::default()
         };
-        if config.store == "sqlite"
-            && let Some(url) = shared_store(dir.path()).await
-        {
-            config.store = url;
+        let chosen = match config.store.as_str() {
+            "sqlite" => shared_store(dir.path()).await,
+            _ => None,
+        };
+        if let Some(url) = &chosen {
+            config.store.clone_from(url);
         }
         adjust(&mut config);
+        // With MUSTER_TEST_BUS as well, a one-node cluster: the bus and the event log on
+        // JetStream (unless the test set up a store or a bus of its own).
+        if chosen.is_some_and(|url| config.store == url)
+            && config.bus.is_none()
+            && let Ok(bus) = std::env::var("MUSTER_TEST_BUS")
+        {
+            config.bus = Some(bus);
+            config.node_id = Some("e2e".to_owned());
+        }
         let running = muster_server::start(config.clone()).await.unwrap();
         Self {
             running,
