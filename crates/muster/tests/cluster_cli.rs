@@ -121,37 +121,9 @@ fn connections_of(status: &Value, node: &str) -> Option<u64> {
         .and_then(|n| n["connections"].as_u64())
 }
 
-#[test]
-fn a_killed_node_s_devices_get_in_through_another_node() {
-    let Ok(bus) = std::env::var("MUSTER_TEST_NATS") else {
-        eprintln!("skipped: set MUSTER_TEST_NATS=nats://127.0.0.1:4222 to run the cluster test");
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let Some(db) = runtime.block_on(TestDatabase::create("kill")) else {
-        return;
-    };
-    let node = |n: u8| {
-        Server::start_with(&[
-            "--bind",
-            &format!("127.0.0.{}", n + 1),
-            "--store",
-            &db.url,
-            "--bus",
-            &bus,
-            "--node-id",
-            &format!("n{n}"),
-        ])
-    };
-    let mut n1 = node(1);
-    let n2 = node(2);
-    assert_eq!(
-        n1.info["idScope"], n2.info["idScope"],
-        "one cluster, one ID scope"
-    );
-    let relay = Relay::start(mqtt_addr(&n1));
-
-    // The lab's set-up, through node 2's management API (the store is shared).
+/// The lab's CA, verified, and the `simulated-devices` group, made through `node`; returns the
+/// certificate directory.
+fn lab_setup(n2: &Server) -> std::path::PathBuf {
     n2.certs_cli(&["create-root-and-intermediate"]);
     let certs = n2.certs();
     let root = certs.join("root-ca.pem").display().to_string();
@@ -207,6 +179,41 @@ fn a_killed_node_s_devices_get_in_through_another_node() {
             r#"{"telemetryDelay":"1"}"#,
         ],
     );
+    certs
+}
+
+#[test]
+fn a_killed_node_s_devices_get_in_through_another_node() {
+    let Ok(bus) = std::env::var("MUSTER_TEST_NATS") else {
+        eprintln!("skipped: set MUSTER_TEST_NATS=nats://127.0.0.1:4222 to run the cluster test");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = runtime.block_on(TestDatabase::create("kill")) else {
+        return;
+    };
+    let node = |n: u8| {
+        Server::start_with(&[
+            "--bind",
+            &format!("127.0.0.{}", n + 1),
+            "--store",
+            &db.url,
+            "--bus",
+            &bus,
+            "--node-id",
+            &format!("n{n}"),
+        ])
+    };
+    let mut n1 = node(1);
+    let n2 = node(2);
+    assert_eq!(
+        n1.info["idScope"], n2.info["idScope"],
+        "one cluster, one ID scope"
+    );
+    let relay = Relay::start(mqtt_addr(&n1));
+
+    // The lab's set-up, through node 2's management API (the store is shared).
+    let certs = lab_setup(&n2);
     n2.certs_cli(&["create-device-cert", "cluster-device"]);
 
     // The device provisions and connects through the relay: node 1.
@@ -277,6 +284,179 @@ fn a_killed_node_s_devices_get_in_through_another_node() {
     device.next("reported", long);
 
     drop(device);
+    drop(n2);
+    drop(n1);
+    runtime.block_on(db.drop());
+}
+
+/// Under QoS 1 load through the relay, node 1 is killed with SIGKILL: every message a device
+/// had acknowledged is in the cluster's event log (JetStream), read back through node 2, and
+/// the devices carry on through node 2.
+#[test]
+fn no_acknowledged_message_is_lost_when_a_node_is_killed_under_load() {
+    const DEVICES: usize = 20;
+    let Ok(bus) = std::env::var("MUSTER_TEST_NATS") else {
+        eprintln!("skipped: set MUSTER_TEST_NATS=nats://127.0.0.1:4222 to run the cluster test");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = runtime.block_on(TestDatabase::create("killload")) else {
+        return;
+    };
+    let node = |n: u8| {
+        Server::start_with(&[
+            "--bind",
+            &format!("127.0.0.{}", n + 4),
+            "--store",
+            &db.url,
+            "--bus",
+            &bus,
+            "--node-id",
+            &format!("k{n}"),
+        ])
+    };
+    let mut n1 = node(1);
+    let n2 = node(2);
+    let relay = Relay::start(mqtt_addr(&n1));
+    let certs = lab_setup(&n2);
+    let ledger = n2.dir.path().join("ledger.jsonl");
+    let run = format!("kill-{}", std::process::id());
+    let mut fleet = muster()
+        .args([
+            "device",
+            "fleet",
+            "--devices",
+            &DEVICES.to_string(),
+            "--prefix",
+            "load-",
+        ])
+        .arg("--ca-cert")
+        .arg(certs.join("root-ca.pem"))
+        .arg("--ca-key")
+        .arg(certs.join("root-ca.key.pem"))
+        .arg("--trust")
+        .arg(n1.data().join("tls/ca.pem"))
+        .args([
+            "--provisioning-host",
+            &format!("localhost:{}", relay.addr.port()),
+            "--id-scope",
+            n1.info["idScope"].as_str().unwrap(),
+            "--hub-host",
+            "localhost",
+            "--hub-port",
+            &relay.addr.port().to_string(),
+            "--duration",
+            "12s",
+            "--telemetry-interval",
+            "50ms",
+            "--qos",
+            "1",
+            "--soak",
+            "--service-ops-per-sec",
+            "0",
+            "--churn-per-minute",
+            "0",
+            "--soak-run",
+            &run,
+            "--json",
+        ])
+        .arg("--soak-ledger")
+        .arg(&ledger)
+        .arg("--data-dir")
+        .arg(n2.data())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(n2.dir.path().join("fleet.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let fleet_err = n2.dir.path().join("fleet.err");
+    let fleet_log = move || std::fs::read_to_string(&fleet_err).unwrap_or_default();
+
+    // Load on node 1 for a few seconds, then SIGKILL; the load balancer now leads to node 2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connections_of(&status(&n2, &bus), "k1") != Some(DEVICES as u64) {
+        assert!(
+            Instant::now() < deadline && fleet.try_wait().unwrap().is_none(),
+            "the fleet never connected to node 1: {}",
+            fleet_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        fleet.try_wait().unwrap().is_none(),
+        "the load still runs when node 1 is killed: {}",
+        fleet_log()
+    );
+    n1.child.kill().unwrap();
+    n1.child.wait().unwrap();
+    relay.point_at(mqtt_addr(&n2));
+    let _ = fleet.wait().unwrap();
+    status_until(&n2, &bus, "node 2 took the fleet", |s| {
+        connections_of(s, "k2").is_some()
+    });
+
+    // Every acknowledged message of the run is in the event log, read through node 2.
+    let mut expected: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
+        let d: Value = serde_json::from_str(line).unwrap();
+        let skip: std::collections::BTreeSet<u64> = d["unacknowledged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let sent = d["sent"].as_u64().unwrap();
+        expected.insert(
+            d["deviceId"].as_str().unwrap().to_owned(),
+            (0..sent).filter(|s| !skip.contains(s)).collect(),
+        );
+    }
+    assert_eq!(expected.len(), DEVICES, "a ledger line per device");
+    let acknowledged: usize = expected.values().map(std::collections::BTreeSet::len).sum();
+    assert!(
+        acknowledged > DEVICES * 20,
+        "the load ran: {acknowledged} acknowledged"
+    );
+    let events = n2.cli(
+        "hub",
+        &[
+            "monitor-events",
+            "--from",
+            "earliest",
+            "--timeout",
+            "3",
+            "--output",
+            "json",
+        ],
+    );
+    let mut found: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for line in events.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        if e["properties"]["soakRun"] != run.as_str() {
+            continue;
+        }
+        let seq = e["properties"]["soakSeq"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        found
+            .entry(e["deviceId"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(seq);
+    }
+    let mut missing = 0;
+    for (device, seqs) in &expected {
+        let got = found.get(device).cloned().unwrap_or_default();
+        missing += seqs.difference(&got).count();
+    }
+    eprintln!(
+        "{acknowledged} messages acknowledged across the kill, {missing} missing from the event log"
+    );
+    assert_eq!(missing, 0, "every acknowledged message is in the event log");
+
     drop(n2);
     drop(n1);
     runtime.block_on(db.drop());
