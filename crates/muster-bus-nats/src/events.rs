@@ -16,7 +16,14 @@
 //!
 //! # Encoding
 //! The message body is a 4-byte big-endian length, the event's metadata as JSON (device,
-//! module, properties, system properties, enqueued time, routes), then the payload unchanged.
+//! module, properties, system properties, enqueued time, routes, the appending node), then the
+//! payload unchanged.
+//!
+//! # Custom endpoints
+//! Every node runs the routing workers, and all read the one log: each feeds the custom
+//! endpoints with the events it appended itself (its own devices' telemetry), with its own
+//! cursors, so an event is delivered once. Events a node appended but had not delivered when it
+//! died wait for that node id to come back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,9 +67,12 @@ struct Meta {
     t: i64,
     #[serde(default)]
     r: Vec<String>,
+    /// The node that appended it (custom endpoints are fed by that node).
+    #[serde(default)]
+    o: String,
 }
 
-fn encode(event: &NewEvent) -> Result<Bytes, StoreError> {
+fn encode(event: &NewEvent, origin: &str) -> Result<Bytes, StoreError> {
     let meta = serde_json::to_vec(&Meta {
         d: event.device_id.clone(),
         m: event.module_id.clone(),
@@ -71,6 +81,7 @@ fn encode(event: &NewEvent) -> Result<Bytes, StoreError> {
         e: event.enqueued.clone(),
         t: event.enqueued_ms,
         r: event.endpoints.clone(),
+        o: origin.to_owned(),
     })
     .map_err(backend)?;
     let len = u32::try_from(meta.len()).map_err(backend)?;
@@ -83,6 +94,11 @@ fn encode(event: &NewEvent) -> Result<Bytes, StoreError> {
 
 /// The event in a stored message, or `None` (logged) when it is not one of ours.
 fn decode(hub: &str, subject: &str, sequence: u64, payload: &[u8]) -> Option<Event> {
+    decode_from(hub, subject, sequence, payload).map(|(event, _)| event)
+}
+
+/// [`decode`], with the node that appended the event.
+fn decode_from(hub: &str, subject: &str, sequence: u64, payload: &[u8]) -> Option<(Event, String)> {
     let (len, rest) = payload.split_at_checked(4)?;
     let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
     let (meta, body) = rest.split_at_checked(len)?;
@@ -96,23 +112,27 @@ fn decode(hub: &str, subject: &str, sequence: u64, payload: &[u8]) -> Option<Eve
     let last = subject.rsplit('.').next().unwrap_or("r");
     let partition = last.parse::<u32>().ok();
     let seq_i64 = i64::try_from(sequence).unwrap_or(i64::MAX);
-    Some(Event {
-        sequence,
-        partition_sequence: partition.map_or(-1, |_| seq_i64),
-        event: NewEvent {
-            hub: hub.to_owned(),
-            device_id: meta.d,
-            module_id: meta.m,
-            properties: meta.p,
-            system_properties: meta.s,
-            body: body.to_vec(),
-            enqueued: meta.e,
-            enqueued_ms: meta.t,
-            partition: partition.unwrap_or(0),
-            built_in: partition.is_some(),
-            endpoints: meta.r,
+    let origin = meta.o;
+    Some((
+        Event {
+            sequence,
+            partition_sequence: partition.map_or(-1, |_| seq_i64),
+            event: NewEvent {
+                hub: hub.to_owned(),
+                device_id: meta.d,
+                module_id: meta.m,
+                properties: meta.p,
+                system_properties: meta.s,
+                body: body.to_vec(),
+                enqueued: meta.e,
+                enqueued_ms: meta.t,
+                partition: partition.unwrap_or(0),
+                built_in: partition.is_some(),
+                endpoints: meta.r,
+            },
         },
-    })
+        origin,
+    ))
 }
 
 /// The shared event log of one cluster.
@@ -122,6 +142,7 @@ pub struct JetStreamLog {
     stream: stream::Stream,
     cursors: kv::Store,
     prefix: String,
+    node: String,
     msg_ids: String,
     next_id: Arc<AtomicU64>,
     latest: watch::Receiver<u64>,
@@ -189,6 +210,7 @@ impl JetStreamLog {
             stream,
             cursors,
             prefix: format!("muster.{ns}.ev"),
+            node: node.to_owned(),
             msg_ids: format!("{node}/{instance}/"),
             next_id: Arc::new(AtomicU64::new(1)),
             latest: rx,
@@ -224,6 +246,11 @@ impl JetStreamLog {
         });
     }
 
+    /// Delivery cursors are per node: each node feeds the endpoints with its own events.
+    fn cursor_key(&self, key: &str) -> String {
+        escape(&format!("{}/{key}", self.node))
+    }
+
     fn hub_subject(&self, hub: &str) -> String {
         format!("{}.{}", self.prefix, escape(&hub.to_ascii_lowercase()))
     }
@@ -237,7 +264,7 @@ impl JetStreamLog {
         from: u64,
         until: Option<u64>,
         limit: usize,
-        keep: impl Fn(&Event) -> bool + Send,
+        keep: impl Fn(&Event, &str) -> bool + Send,
     ) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
         if limit == 0 {
@@ -257,8 +284,9 @@ impl JetStreamLog {
         if until.is_some_and(|u| first.sequence > u) {
             return Ok(out);
         }
-        if let Some(event) = decode(hub, first.subject.as_str(), first.sequence, &first.payload)
-            && keep(&event)
+        if let Some((event, origin)) =
+            decode_from(hub, first.subject.as_str(), first.sequence, &first.payload)
+            && keep(&event, &origin)
         {
             out.push(event);
         }
@@ -289,8 +317,9 @@ impl JetStreamLog {
             if until.is_some_and(|u| sequence > u) {
                 break;
             }
-            if let Some(event) = decode(hub, message.subject.as_str(), sequence, &message.payload)
-                && keep(&event)
+            if let Some((event, origin)) =
+                decode_from(hub, message.subject.as_str(), sequence, &message.payload)
+                && keep(&event, &origin)
             {
                 out.push(event);
             }
@@ -340,7 +369,7 @@ impl EventLog for JetStreamLog {
         let started = std::time::Instant::now();
         let ack = self
             .js
-            .publish_with_headers(subject, headers, encode(&event)?)
+            .publish_with_headers(subject, headers, encode(&event, &self.node)?)
             .await
             .map_err(backend)?
             .await
@@ -368,7 +397,7 @@ impl EventLog for JetStreamLog {
         }
         let filter = format!("{}.*", self.hub_subject(hub));
         let device = device.map(str::to_owned);
-        self.scan(hub, filter, after + 1, None, limit, move |e| {
+        self.scan(hub, filter, after + 1, None, limit, move |e, _| {
             e.event.built_in && device.as_deref().is_none_or(|d| e.event.device_id == d)
         })
         .await
@@ -402,7 +431,7 @@ impl EventLog for JetStreamLog {
                 (1, Some(if inclusive { millis } else { millis + 1 }))
             }
         };
-        self.scan(hub, filter, from, None, limit, move |e| {
+        self.scan(hub, filter, from, None, limit, move |e, _| {
             min_ms.is_none_or(|m| e.event.enqueued_ms >= m)
         })
         .await
@@ -423,13 +452,24 @@ impl EventLog for JetStreamLog {
         }
         let filter = format!("{}.>", self.hub_subject(hub));
         let endpoint = endpoint.to_ascii_lowercase();
+        // Each node feeds the custom endpoints with the events it appended (its own devices'),
+        // so N nodes reading one log deliver each event once.
+        let node = self.node.clone();
         let events = self
-            .scan(hub, filter, after + 1, Some(until), limit, move |e| {
-                e.event
-                    .endpoints
-                    .iter()
-                    .any(|r| r.eq_ignore_ascii_case(&endpoint))
-            })
+            .scan(
+                hub,
+                filter,
+                after + 1,
+                Some(until),
+                limit,
+                move |e, origin| {
+                    origin == node
+                        && e.event
+                            .endpoints
+                            .iter()
+                            .any(|r| r.eq_ignore_ascii_case(&endpoint))
+                },
+            )
             .await?;
         // Full page: resume after the last one returned; otherwise everything up to `until`
         // was looked at.
@@ -442,7 +482,7 @@ impl EventLog for JetStreamLog {
     }
 
     async fn progress(&self, key: &str) -> Result<u64, StoreError> {
-        match self.cursors.get(escape(key)).await {
+        match self.cursors.get(self.cursor_key(key)).await {
             Ok(Some(v)) => Ok(std::str::from_utf8(&v)
                 .ok()
                 .and_then(|s| s.parse().ok())
@@ -454,7 +494,7 @@ impl EventLog for JetStreamLog {
 
     async fn set_progress(&self, key: &str, position: u64) -> Result<(), StoreError> {
         self.cursors
-            .put(escape(key), position.to_string().into())
+            .put(self.cursor_key(key), position.to_string().into())
             .await
             .map(|_| ())
             .map_err(backend)
@@ -515,8 +555,10 @@ mod tests {
             built_in: true,
             endpoints: vec!["hook".into()],
         };
-        let bytes = encode(&event).unwrap();
-        let back = decode("hub.local", "muster.x.ev.hub=2Elocal.3", 42, &bytes).unwrap();
+        let bytes = encode(&event, "n1").unwrap();
+        let (back, origin) =
+            decode_from("hub.local", "muster.x.ev.hub=2Elocal.3", 42, &bytes).unwrap();
+        assert_eq!(origin, "n1");
         assert_eq!(back.sequence, 42);
         assert_eq!(back.partition_sequence, 42);
         assert_eq!(back.event, event);

@@ -113,6 +113,10 @@ pub fn escape(key: &str) -> String {
     out
 }
 
+/// What a node does when another announces a change of something it may have cached:
+/// `forget(kind, key)`.
+pub type Forget = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// The presence value: who holds an identity.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Holder {
@@ -239,6 +243,8 @@ pub struct NatsCluster {
     instance: String,
     started_ms: i64,
     subjects: String,
+    /// `muster.<ns>.cache`: "what you cached of KIND changed" to every node.
+    cache_subjects: String,
     /// Identities this node holds, with the presence revision it wrote.
     claims: std::sync::Mutex<HashMap<String, u64>>,
     next_rid: AtomicU64,
@@ -339,6 +345,7 @@ impl NatsCluster {
             ),
             started_ms: now_ms(),
             subjects: format!("muster.{ns}.node"),
+            cache_subjects: format!("muster.{ns}.cache"),
             claims: std::sync::Mutex::default(),
             next_rid: AtomicU64::new(1),
         };
@@ -381,8 +388,14 @@ impl NatsCluster {
     }
 
     /// Serve the other nodes' signals from this node's sessions, and announce this node, until
-    /// `shutdown`; then withdraw the announcement.
-    pub async fn serve(self: Arc<Self>, sessions: Arc<Presence>, shutdown: CancellationToken) {
+    /// `shutdown`; then withdraw the announcement. `forget(kind, key)` drops what this node
+    /// cached when another node announces a change.
+    pub async fn serve(
+        self: Arc<Self>,
+        sessions: Arc<Presence>,
+        forget: Forget,
+        shutdown: CancellationToken,
+    ) {
         let subject = format!("{}.{}.>", self.subjects, self.node);
         let mut inbox = match self.client.subscribe(subject.clone()).await {
             Ok(s) => s,
@@ -391,11 +404,26 @@ impl NatsCluster {
                 return;
             }
         };
+        let cache = format!("{}.>", self.cache_subjects);
+        let mut changes = match self.client.subscribe(cache.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, subject = cache, "cannot subscribe to change announcements");
+                return;
+            }
+        };
         let mut beat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = beat.tick() => self.announce(sessions.len()).await,
+                change = changes.next() => {
+                    let Some(change) = change else { break };
+                    let kind = change.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
+                    let key = String::from_utf8_lossy(&change.payload).into_owned();
+                    debug!(kind, key, "another node changed what this node cached");
+                    forget(&kind, &key);
+                }
                 message = inbox.next() => {
                     let Some(message) = message else { break };
                     let this = Arc::clone(&self);
@@ -761,6 +789,17 @@ impl Cluster for NatsCluster {
 
     fn connected(&self) -> bool {
         NatsCluster::connected(self)
+    }
+
+    async fn invalidate(&self, kind: &str, key: &str) {
+        let subject = format!("{}.{}", self.cache_subjects, escape(kind));
+        if let Err(e) = self
+            .client
+            .publish(subject, Bytes::from(key.to_owned()))
+            .await
+        {
+            warn!(error = %e, kind, key, "cannot tell the other nodes of a change");
+        }
     }
 }
 

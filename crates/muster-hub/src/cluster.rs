@@ -61,4 +61,8 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether this node reaches the bus now.
     fn connected(&self) -> bool;
+
+    /// Tell the other nodes that what they cached of `kind` (`routing`) for `key` (a hub) has
+    /// changed in the store (best effort: a node that misses it reads again after a restart).
+    async fn invalidate(&self, kind: &str, key: &str);
 }

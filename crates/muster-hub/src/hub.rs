@@ -120,7 +120,13 @@ impl Hub {
         hub: &str,
         change: impl FnOnce(&mut routing::RoutingConfig) -> Result<(), HubError>,
     ) -> Result<routing::RoutingConfig, HubError> {
-        self.router.update(&self.registry, hub, change).await
+        let config = self.router.update(&self.registry, hub, change).await?;
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .invalidate("routing", &hub.to_ascii_lowercase())
+                .await;
+        }
+        Ok(config)
     }
 
     /// The service view of a twin as JSON, for routing (`None` when it cannot be read).

@@ -431,7 +431,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     ));
     routing::spawn(Arc::clone(&ctx), shutdown.clone(), &tracker);
     if let Some(bus) = bus {
-        tracker.spawn(bus.serve(Arc::clone(ctx.hub.presence()), shutdown.clone()));
+        let weak = Arc::downgrade(&ctx);
+        let forget: muster_bus_nats::Forget = Arc::new(move |kind, key| {
+            if kind == "routing"
+                && let Some(ctx) = weak.upgrade()
+            {
+                ctx.hub.router().forget(key);
+            }
+        });
+        tracker.spawn(bus.serve(Arc::clone(ctx.hub.presence()), forget, shutdown.clone()));
     }
     // Devices marked connected by a previous process hold no connection now. (Not on a
     // shared store: the devices other nodes hold are connected.)

@@ -262,6 +262,22 @@ async fn telemetry_from_every_node_is_read_from_any_node_in_order() {
     let n2 = node(&db, &nats, 2).await;
     let n3 = node(&db, &nats, 3).await;
     let rest = n3.hub_rest();
+    // A webhook route, made through node 3: every node routes, each event is delivered once.
+    let (hook_url, hooked) = hook().await;
+    rest.ok(
+        Method::PUT,
+        "/routing/endpoints/hook",
+        Some(json!({"type": "webhook", "url": hook_url})),
+        &[],
+    )
+    .await;
+    rest.ok(
+        Method::PUT,
+        "/routing/routes/all",
+        Some(json!({"source": "DeviceMessages", "endpointNames": ["hook", "events"]})),
+        &[],
+    )
+    .await;
     let mut senders = Vec::new();
     for (id, on) in [("left", &n1), ("right", &n2)] {
         let token = rest.sas_device(id).await;
@@ -306,6 +322,33 @@ async fn telemetry_from_every_node_is_read_from_any_node_in_order() {
         );
     }
     assert_eq!(events[0]["properties"]["seq"], "1", "{}", events[0]);
+    // The webhook got each message once, though three nodes read the log.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while hooked.lock().unwrap().len() < usize::from(EACH) * 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} routed",
+            hooked.lock().unwrap().len(),
+            EACH * 2
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let routed = hooked.lock().unwrap().clone();
+    assert_eq!(routed.len(), usize::from(EACH) * 2, "no event routed twice");
+    let distinct: std::collections::BTreeSet<(String, u64)> = routed
+        .iter()
+        .map(|e| {
+            (
+                e["systemProperties"]["iothub-connection-device-id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                e["body"]["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(distinct.len(), usize::from(EACH) * 2);
     // One device's messages, read from node 1 (the other device's node).
     let right = n1
         .hub_rest()
@@ -317,6 +360,28 @@ async fn telemetry_from_every_node_is_read_from_any_node_in_order() {
         n.stop().await;
     }
     db.drop().await;
+}
+
+/// A webhook receiver: its URL and what it was sent.
+async fn hook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let sink = std::sync::Arc::clone(&sink);
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .extend(body.0.as_array().cloned().unwrap_or_default());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), received)
 }
 
 /// A second node under a name that is live on the bus is refused with what to do.

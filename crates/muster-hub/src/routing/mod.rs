@@ -474,6 +474,15 @@ impl Router {
         Ok(table)
     }
 
+    /// Drop the cached table of `hub` (another node changed it): the next message reads it
+    /// again, and the delivery side restarts its workers.
+    pub fn forget(&self, hub: &str) {
+        if let Ok(mut c) = self.cache.write() {
+            c.remove(&hub.to_ascii_lowercase());
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// Change the hub's routing with `change`, validated and stored atomically.
     ///
     /// # Errors
