@@ -289,6 +289,262 @@ fn a_killed_node_s_devices_get_in_through_another_node() {
     runtime.block_on(db.drop());
 }
 
+/// A soak fleet's settings: QoS 1 telemetry every 50 ms per device for 12 s, with a ledger.
+struct Load<'a> {
+    devices: usize,
+    port: u16,
+    certs: &'a std::path::Path,
+    trust: &'a std::path::Path,
+    scope: &'a str,
+    service: &'a Server,
+    ledger: &'a std::path::Path,
+    run: &'a str,
+}
+
+/// Start the fleet; returns it and a reader of its stderr.
+fn soak_fleet(load: &Load<'_>) -> (std::process::Child, impl Fn() -> String + use<>) {
+    let err = load
+        .service
+        .dir
+        .path()
+        .join(format!("fleet-{}.err", load.run));
+    let fleet = muster()
+        .args([
+            "device",
+            "fleet",
+            "--devices",
+            &load.devices.to_string(),
+            "--prefix",
+            "load-",
+        ])
+        .arg("--ca-cert")
+        .arg(load.certs.join("root-ca.pem"))
+        .arg("--ca-key")
+        .arg(load.certs.join("root-ca.key.pem"))
+        .arg("--trust")
+        .arg(load.trust)
+        .args([
+            "--provisioning-host",
+            &format!("localhost:{}", load.port),
+            "--id-scope",
+            load.scope,
+            "--hub-host",
+            "localhost",
+            "--hub-port",
+            &load.port.to_string(),
+            "--duration",
+            "12s",
+            "--telemetry-interval",
+            "50ms",
+            "--qos",
+            "1",
+            "--soak",
+            "--service-ops-per-sec",
+            "0",
+            "--churn-per-minute",
+            "0",
+            "--soak-run",
+            load.run,
+            "--json",
+        ])
+        .arg("--soak-ledger")
+        .arg(load.ledger)
+        .arg("--data-dir")
+        .arg(load.service.data())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    (fleet, move || {
+        std::fs::read_to_string(&err).unwrap_or_default()
+    })
+}
+
+/// The messages the ledger says were acknowledged, and how many of them the event log read
+/// through `server` lacks.
+fn check_ledger(
+    server: &Server,
+    ledger: &std::path::Path,
+    run: &str,
+    devices: usize,
+) -> (usize, usize) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut expected: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for line in std::fs::read_to_string(ledger).unwrap().lines() {
+        let d: Value = serde_json::from_str(line).unwrap();
+        let skip: BTreeSet<u64> = d["unacknowledged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let sent = d["sent"].as_u64().unwrap();
+        expected.insert(
+            d["deviceId"].as_str().unwrap().to_owned(),
+            (0..sent).filter(|s| !skip.contains(s)).collect(),
+        );
+    }
+    assert_eq!(expected.len(), devices, "a ledger line per device");
+    let acknowledged: usize = expected.values().map(BTreeSet::len).sum();
+    assert!(
+        acknowledged > devices * 20,
+        "the load ran: {acknowledged} acknowledged"
+    );
+    let events = server.cli(
+        "hub",
+        &[
+            "monitor-events",
+            "--from",
+            "earliest",
+            "--timeout",
+            "3",
+            "--output",
+            "json",
+        ],
+    );
+    let mut found: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for line in events.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        if e["properties"]["soakRun"] != run {
+            continue;
+        }
+        let seq = e["properties"]["soakSeq"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        found
+            .entry(e["deviceId"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(seq);
+    }
+    let missing = expected
+        .iter()
+        .map(|(device, seqs)| {
+            let got = found.get(device).cloned().unwrap_or_default();
+            seqs.difference(&got).count()
+        })
+        .sum();
+    (acknowledged, missing)
+}
+
+/// A nats-server of the test's own (JetStream in a temporary directory), so it can be killed.
+struct PrivateNats {
+    child: std::process::Child,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    fn spawn(port: u16, store: &std::path::Path) -> std::process::Child {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, store.path());
+        Self { child, port, store }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then (after `down`) start again on the same port and store.
+    fn kill_and_restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn(self.port, self.store.path());
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// NATS is killed with SIGKILL under QoS 1 load and started again on the same store: messages
+/// are not acknowledged while it is away (the devices keep and resend them), nothing that was
+/// acknowledged is lost, and the node recovers on its own.
+#[test]
+fn nats_killed_and_restarted_under_load_loses_no_acknowledged_message() {
+    const DEVICES: usize = 10;
+    if std::env::var("MUSTER_TEST_NATS").is_err() {
+        eprintln!("skipped: set MUSTER_TEST_NATS (NATS installed here) to run the cluster test");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = runtime.block_on(TestDatabase::create("natsdown")) else {
+        return;
+    };
+    let mut nats = PrivateNats::start();
+    let url = nats.url();
+    let n1 = Server::start_with(&[
+        "--bind",
+        "127.0.0.7",
+        "--store",
+        &db.url,
+        "--bus",
+        &url,
+        "--node-id",
+        "solo",
+    ]);
+    let certs = lab_setup(&n1);
+    let ledger = n1.dir.path().join("ledger.jsonl");
+    let run = format!("natsdown-{}", std::process::id());
+    let relay = Relay::start(mqtt_addr(&n1));
+    let (mut fleet, fleet_log) = soak_fleet(&Load {
+        devices: DEVICES,
+        port: relay.addr.port(),
+        certs: &certs,
+        trust: &n1.data().join("tls/ca.pem"),
+        scope: n1.info["idScope"].as_str().unwrap(),
+        service: &n1,
+        ledger: &ledger,
+        run: &run,
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connections_of(&status(&n1, &url), "solo") != Some(DEVICES as u64) {
+        assert!(
+            Instant::now() < deadline && fleet.try_wait().unwrap().is_none(),
+            "the fleet never connected: {}",
+            fleet_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    nats.kill_and_restart(Duration::from_secs(2));
+    let _ = fleet.wait().unwrap();
+    let (acknowledged, missing) = check_ledger(&n1, &ledger, &run, DEVICES);
+    eprintln!(
+        "{acknowledged} messages acknowledged across a NATS kill and restart, {missing} missing"
+    );
+    assert_eq!(missing, 0, "every acknowledged message is in the event log");
+    drop(n1);
+    drop(nats);
+    runtime.block_on(db.drop());
+}
+
 /// Under QoS 1 load through the relay, node 1 is killed with SIGKILL: every message a device
 /// had acknowledged is in the cluster's event log (JetStream), read back through node 2, and
 /// the devices carry on through node 2.
@@ -321,55 +577,16 @@ fn no_acknowledged_message_is_lost_when_a_node_is_killed_under_load() {
     let certs = lab_setup(&n2);
     let ledger = n2.dir.path().join("ledger.jsonl");
     let run = format!("kill-{}", std::process::id());
-    let mut fleet = muster()
-        .args([
-            "device",
-            "fleet",
-            "--devices",
-            &DEVICES.to_string(),
-            "--prefix",
-            "load-",
-        ])
-        .arg("--ca-cert")
-        .arg(certs.join("root-ca.pem"))
-        .arg("--ca-key")
-        .arg(certs.join("root-ca.key.pem"))
-        .arg("--trust")
-        .arg(n1.data().join("tls/ca.pem"))
-        .args([
-            "--provisioning-host",
-            &format!("localhost:{}", relay.addr.port()),
-            "--id-scope",
-            n1.info["idScope"].as_str().unwrap(),
-            "--hub-host",
-            "localhost",
-            "--hub-port",
-            &relay.addr.port().to_string(),
-            "--duration",
-            "12s",
-            "--telemetry-interval",
-            "50ms",
-            "--qos",
-            "1",
-            "--soak",
-            "--service-ops-per-sec",
-            "0",
-            "--churn-per-minute",
-            "0",
-            "--soak-run",
-            &run,
-            "--json",
-        ])
-        .arg("--soak-ledger")
-        .arg(&ledger)
-        .arg("--data-dir")
-        .arg(n2.data())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(n2.dir.path().join("fleet.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let fleet_err = n2.dir.path().join("fleet.err");
-    let fleet_log = move || std::fs::read_to_string(&fleet_err).unwrap_or_default();
+    let (mut fleet, fleet_log) = soak_fleet(&Load {
+        devices: DEVICES,
+        port: relay.addr.port(),
+        certs: &certs,
+        trust: &n1.data().join("tls/ca.pem"),
+        scope: n1.info["idScope"].as_str().unwrap(),
+        service: &n2,
+        ledger: &ledger,
+        run: &run,
+    });
 
     // Load on node 1 for a few seconds, then SIGKILL; the load balancer now leads to node 2.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -396,62 +613,7 @@ fn no_acknowledged_message_is_lost_when_a_node_is_killed_under_load() {
     });
 
     // Every acknowledged message of the run is in the event log, read through node 2.
-    let mut expected: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
-        Default::default();
-    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
-        let d: Value = serde_json::from_str(line).unwrap();
-        let skip: std::collections::BTreeSet<u64> = d["unacknowledged"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
-        let sent = d["sent"].as_u64().unwrap();
-        expected.insert(
-            d["deviceId"].as_str().unwrap().to_owned(),
-            (0..sent).filter(|s| !skip.contains(s)).collect(),
-        );
-    }
-    assert_eq!(expected.len(), DEVICES, "a ledger line per device");
-    let acknowledged: usize = expected.values().map(std::collections::BTreeSet::len).sum();
-    assert!(
-        acknowledged > DEVICES * 20,
-        "the load ran: {acknowledged} acknowledged"
-    );
-    let events = n2.cli(
-        "hub",
-        &[
-            "monitor-events",
-            "--from",
-            "earliest",
-            "--timeout",
-            "3",
-            "--output",
-            "json",
-        ],
-    );
-    let mut found: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
-        Default::default();
-    for line in events.lines() {
-        let e: Value = serde_json::from_str(line).unwrap();
-        if e["properties"]["soakRun"] != run.as_str() {
-            continue;
-        }
-        let seq = e["properties"]["soakSeq"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        found
-            .entry(e["deviceId"].as_str().unwrap().to_owned())
-            .or_default()
-            .insert(seq);
-    }
-    let mut missing = 0;
-    for (device, seqs) in &expected {
-        let got = found.get(device).cloned().unwrap_or_default();
-        missing += seqs.difference(&got).count();
-    }
+    let (acknowledged, missing) = check_ledger(&n2, &ledger, &run, DEVICES);
     eprintln!(
         "{acknowledged} messages acknowledged across the kill, {missing} missing from the event log"
     );
