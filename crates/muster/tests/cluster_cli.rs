@@ -182,30 +182,60 @@ fn lab_setup(n2: &Server) -> std::path::PathBuf {
     certs
 }
 
-#[test]
-fn a_killed_node_s_devices_get_in_through_another_node() {
+/// The test database and the cluster's NATS URL, or `None` (with a line saying how to switch
+/// the test on) when PostgreSQL or NATS is not configured.
+fn services(label: &str) -> Option<(tokio::runtime::Runtime, TestDatabase, String)> {
     let Ok(bus) = std::env::var("MUSTER_TEST_NATS") else {
         eprintln!("skipped: set MUSTER_TEST_NATS=nats://127.0.0.1:4222 to run the cluster test");
-        return;
+        return None;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let Some(db) = runtime.block_on(TestDatabase::create("kill")) else {
+    let db = runtime.block_on(TestDatabase::create(label))?;
+    Some((runtime, db, bus))
+}
+
+/// `muster serve` as node `id` of the cluster on `db` and `bus`, bound to 127.0.0.`octet`.
+fn cluster_node(db: &TestDatabase, bus: &str, octet: u8, id: &str) -> Server {
+    Server::start_with(&[
+        "--bind",
+        &format!("127.0.0.{octet}"),
+        "--store",
+        &db.url,
+        "--bus",
+        bus,
+        "--node-id",
+        id,
+    ])
+}
+
+/// Wait until node `id` reports `devices` connections (seen through `observer`), while the
+/// fleet runs.
+fn wait_for_fleet(
+    observer: &Server,
+    bus: &str,
+    id: &str,
+    devices: usize,
+    fleet: &mut std::process::Child,
+    log: &dyn Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connections_of(&status(observer, bus), id) != Some(devices as u64) {
+        assert!(
+            Instant::now() < deadline && fleet.try_wait().unwrap().is_none(),
+            "the fleet never connected to {id}: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_killed_node_s_devices_get_in_through_another_node() {
+    let Some((runtime, db, bus)) = services("kill") else {
         return;
     };
-    let node = |n: u8| {
-        Server::start_with(&[
-            "--bind",
-            &format!("127.0.0.{}", n + 1),
-            "--store",
-            &db.url,
-            "--bus",
-            &bus,
-            "--node-id",
-            &format!("n{n}"),
-        ])
-    };
-    let mut n1 = node(1);
-    let n2 = node(2);
+    let mut n1 = cluster_node(&db, &bus, 2, "n1");
+    let n2 = cluster_node(&db, &bus, 3, "n2");
     assert_eq!(
         n1.info["idScope"], n2.info["idScope"],
         "one cluster, one ID scope"
@@ -489,26 +519,13 @@ impl Drop for PrivateNats {
 #[test]
 fn nats_killed_and_restarted_under_load_loses_no_acknowledged_message() {
     const DEVICES: usize = 10;
-    if std::env::var("MUSTER_TEST_NATS").is_err() {
-        eprintln!("skipped: set MUSTER_TEST_NATS (NATS installed here) to run the cluster test");
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let Some(db) = runtime.block_on(TestDatabase::create("natsdown")) else {
+    // The shared NATS only says that nats-server is installed here; this test runs its own.
+    let Some((runtime, db, _)) = services("natsdown") else {
         return;
     };
     let mut nats = PrivateNats::start();
     let url = nats.url();
-    let n1 = Server::start_with(&[
-        "--bind",
-        "127.0.0.7",
-        "--store",
-        &db.url,
-        "--bus",
-        &url,
-        "--node-id",
-        "solo",
-    ]);
+    let n1 = cluster_node(&db, &url, 7, "solo");
     let certs = lab_setup(&n1);
     let ledger = n1.dir.path().join("ledger.jsonl");
     let run = format!("natsdown-{}", std::process::id());
@@ -523,15 +540,7 @@ fn nats_killed_and_restarted_under_load_loses_no_acknowledged_message() {
         ledger: &ledger,
         run: &run,
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while connections_of(&status(&n1, &url), "solo") != Some(DEVICES as u64) {
-        assert!(
-            Instant::now() < deadline && fleet.try_wait().unwrap().is_none(),
-            "the fleet never connected: {}",
-            fleet_log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_fleet(&n1, &url, "solo", DEVICES, &mut fleet, &fleet_log);
     std::thread::sleep(Duration::from_secs(2));
     nats.kill_and_restart(Duration::from_secs(2));
     let _ = fleet.wait().unwrap();
@@ -551,28 +560,11 @@ fn nats_killed_and_restarted_under_load_loses_no_acknowledged_message() {
 #[test]
 fn no_acknowledged_message_is_lost_when_a_node_is_killed_under_load() {
     const DEVICES: usize = 20;
-    let Ok(bus) = std::env::var("MUSTER_TEST_NATS") else {
-        eprintln!("skipped: set MUSTER_TEST_NATS=nats://127.0.0.1:4222 to run the cluster test");
+    let Some((runtime, db, bus)) = services("killload") else {
         return;
     };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let Some(db) = runtime.block_on(TestDatabase::create("killload")) else {
-        return;
-    };
-    let node = |n: u8| {
-        Server::start_with(&[
-            "--bind",
-            &format!("127.0.0.{}", n + 4),
-            "--store",
-            &db.url,
-            "--bus",
-            &bus,
-            "--node-id",
-            &format!("k{n}"),
-        ])
-    };
-    let mut n1 = node(1);
-    let n2 = node(2);
+    let mut n1 = cluster_node(&db, &bus, 5, "k1");
+    let n2 = cluster_node(&db, &bus, 6, "k2");
     let relay = Relay::start(mqtt_addr(&n1));
     let certs = lab_setup(&n2);
     let ledger = n2.dir.path().join("ledger.jsonl");
@@ -589,15 +581,7 @@ fn no_acknowledged_message_is_lost_when_a_node_is_killed_under_load() {
     });
 
     // Load on node 1 for a few seconds, then SIGKILL; the load balancer now leads to node 2.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while connections_of(&status(&n2, &bus), "k1") != Some(DEVICES as u64) {
-        assert!(
-            Instant::now() < deadline && fleet.try_wait().unwrap().is_none(),
-            "the fleet never connected to node 1: {}",
-            fleet_log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_fleet(&n2, &bus, "k1", DEVICES, &mut fleet, &fleet_log);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         fleet.try_wait().unwrap().is_none(),
